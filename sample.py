@@ -1,0 +1,204 @@
+"""
+Sample text from a trained model (out_dir/ckpt.pt) or from OpenAI's GPT-2.
+
+    python sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=5
+    python sample.py --init_from=gpt2 --start="What is the answer to life?" --max_new_tokens=50
+    python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt --stream=True
+    python sample.py --out_dir=out-shakespeare-char --temperature=0 --stop=$'\n\n'
+
+Each sample is printed with its prompt, followed by a line of 15 dashes. The same checkpoint,
+seed and settings print the same text; kv_cache=False runs the reference algorithm (re-running the
+model on the whole context for each token), which gives identical results, slower.
+"""
+
+import codecs
+import os
+import sys
+from types import SimpleNamespace
+
+import torch
+
+import common
+from common import UserError
+from configurator import apply_overrides
+from model import GPT
+
+# -----------------------------------------------------------------------------------------------
+init_from = 'resume'  # 'resume' (out_dir/ckpt.pt) or a GPT-2 name ('gpt2', 'gpt2-xl', ...)
+out_dir = 'out'
+start = "\n"  # the prompt; "FILE:prompt.txt" reads it from a file; "<|endoftext|>" works for GPT-2
+num_samples = 10
+max_new_tokens = 500  # tokens generated per sample
+temperature = 0.8  # 1.0 = the model's distribution, lower = more conservative, 0 = greedy (argmax)
+top_k = 200  # keep only the top_k most likely tokens
+top_p = 1.0  # nucleus sampling: keep the most likely tokens holding top_p of the mass; 1.0 = off
+stop = ''  # end a sample early at this string (not printed); '' = never
+stream = False  # print tokens as they are produced
+batched = False  # draw all num_samples at once: faster, but not the same draws as one by one
+kv_cache = True  # False: the uncached reference algorithm (identical output, slower)
+seed = 1337
+device = 'auto'  # 'cpu', 'cuda', 'cuda:0', 'mps'
+dtype = 'auto'  # 'float32', 'bfloat16', 'float16'
+compile = False  # torch.compile the model (pays only for long generations on GPU)
+# -----------------------------------------------------------------------------------------------
+DEFAULTS = {k: v for k, v in globals().items()
+            if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+DASHES = '---------------'
+
+
+def check_settings(c):
+    if c.num_samples < 1:
+        raise UserError(f"num_samples must be at least 1, got {c.num_samples}")
+    if c.max_new_tokens < 1:
+        raise UserError(f"max_new_tokens must be at least 1, got {c.max_new_tokens}")
+    if c.temperature < 0:
+        raise UserError(f"temperature must be 0 (greedy) or more, got {c.temperature}")
+    if c.top_k < 1:
+        raise UserError(f"top_k must be at least 1, got {c.top_k} (use the vocabulary size to disable it)")
+    if not 0.0 < c.top_p <= 1.0:
+        raise UserError(f"top_p must be in (0, 1], got {c.top_p} (1.0 disables it)")
+
+
+def load_model(c):
+    """The model and the tokenizer that belongs to it."""
+    if c.init_from == 'resume':
+        if not os.path.isdir(c.out_dir):
+            raise UserError(f"out_dir {c.out_dir!r} does not exist: train a model first, e.g. "
+                            f"python train.py config/train_shakespeare_char.py (writes out-shakespeare-char)")
+        ckpt = common.load_checkpoint(os.path.join(c.out_dir, 'ckpt.pt'), 'cpu')
+        model = common.model_from_checkpoint(ckpt, dropout=0.0)
+        dataset = (ckpt.get('config') or {}).get('dataset')
+        tok = common.tokenizer_for_dataset(dataset)
+    elif c.init_from.startswith('gpt2') or os.path.isdir(c.init_from):
+        model = GPT.from_pretrained(c.init_from, dict(dropout=0.0))
+        tok = common.tokenizer_for_dataset(None)
+    else:
+        raise UserError(f"unknown init_from {c.init_from!r}: use resume or a GPT-2 name (gpt2, gpt2-medium, "
+                        f"gpt2-large, gpt2-xl)")
+    vocab = model.config.vocab_size
+    if tok.kind == 'char' and tok.vocab_size != vocab:
+        raise UserError(f"{tok.meta_path} has vocab_size {tok.vocab_size} but the checkpoint's model has "
+                        f"{vocab}: this tokenizer does not belong to the model (was the dataset re-prepared?)")
+    if tok.kind == 'gpt2' and vocab < tok.vocab_size:
+        raise UserError(f"the model's vocab_size {vocab} is smaller than GPT-2's {tok.vocab_size}, and no "
+                        f"meta.pkl was found for its dataset: restore data/<dataset>/meta.pkl")
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise UserError(f"the checkpoint is broken: non-finite weights in {bad[0]}"
+                        f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}")
+    return model, tok
+
+
+def read_prompt(c, tok):
+    text = c.start
+    if text.startswith('FILE:'):
+        path = text[5:]
+        try:
+            with open(path, 'r', encoding='utf-8') as f:
+                text = f.read()
+        except OSError as e:
+            raise UserError(f"cannot read the prompt file {path!r}: {e.strerror}")
+    ids = tok.encode(text)
+    if not ids:
+        if tok.eot is None:
+            raise UserError("the prompt is empty and this character vocabulary has no start token: "
+                            "give at least one character, e.g. --start='\\n'")
+        ids = [tok.eot]  # GPT-2 starts documents after <|endoftext|>
+    return ids
+
+
+class Printer:
+    """Prints one sample's text, optionally streaming, and tells generate when a stop string appears.
+    A streamed GPT-2 token may end inside a UTF-8 character; the incremental decoder holds such
+    bytes back until the character is complete."""
+
+    def __init__(self, tok, prompt_ids, stop, stream):
+        self.tok, self.stop, self.stream = tok, stop, stream
+        self.decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')
+        self.text = ''  # generated text so far
+        self.shown = 0
+        self.done = False
+        if stream:
+            print(tok.decode(prompt_ids), end='', flush=True)
+
+    def add(self, token_id):
+        self.text += self.decoder.decode(self.tok.decode_bytes([token_id]))
+        cut = self.text.find(self.stop) if self.stop else -1
+        if cut >= 0:
+            self.text, self.done = self.text[:cut], True
+        if self.stream:
+            # hold back a tail that could still grow into the stop string
+            safe = len(self.text) if self.done or not self.stop else len(self.text) - len(self.stop) + 1
+            if safe > self.shown:
+                print(self.text[self.shown:safe], end='', flush=True)
+                self.shown = safe
+        return self.done
+
+    def finish(self):
+        if not self.done:
+            self.text += self.decoder.decode(b'', final=True)
+        if self.stream:
+            print(self.text[self.shown:], flush=True)
+
+
+def generate_samples(model, tok, ids, c, device):
+    """Yield the text of each sample (prompt included), printing nothing."""
+    x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
+    gen_kw = dict(temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, use_cache=c.kv_cache)
+    prompt_text = tok.decode(ids)
+    if c.batched:
+        printers = [Printer(tok, ids, c.stop, False) for _ in range(c.num_samples)]
+
+        def on_token(nxt):
+            for p, t in zip(printers, nxt[:, 0].tolist()):
+                if not p.done:
+                    p.add(t)
+            return all(p.done for p in printers)
+        model.generate(x.expand(c.num_samples, -1), c.max_new_tokens, on_token=on_token, **gen_kw)
+        for p in printers:
+            p.finish()
+            yield prompt_text + p.text
+        return
+    for _ in range(c.num_samples):
+        p = Printer(tok, ids, c.stop, c.stream)
+        model.generate(x, c.max_new_tokens, on_token=lambda nxt: p.add(nxt[0, 0].item()), **gen_kw)
+        p.finish()
+        yield prompt_text + p.text
+
+
+def main(argv=None):
+    c = SimpleNamespace(**apply_overrides(DEFAULTS, sys.argv[1:] if argv is None else argv))
+    check_settings(c)
+    dev = common.resolve_device(c.device)
+    device_type = common.device_type_of(dev)
+    model, tok = load_model(c)
+    model.eval()
+    model.to(dev)
+    dt = common.resolve_dtype(c.dtype, device_type, model.config.n_embd)
+    if common.resolve_compile(c.compile, device_type):
+        # generate() calls these two; shapes vary with the prompt, so compile them dynamic
+        model.forward = torch.compile(model.forward, dynamic=True)
+        model.forward_cached = torch.compile(model.forward_cached, dynamic=True)
+    ids = read_prompt(c, tok)
+    ctx = common.autocast_ctx(device_type, dt)
+    torch.manual_seed(c.seed)  # right before the first sample: draws do not depend on model loading
+    if device_type == 'cuda':
+        torch.cuda.manual_seed(c.seed)
+    texts = []
+    with torch.no_grad(), ctx:
+        try:
+            for text in generate_samples(model, tok, ids, c, dev):
+                if not c.stream or c.batched:
+                    print(text)
+                print(DASHES, flush=True)
+                texts.append(text)
+        except RuntimeError as e:
+            if 'probability tensor' in str(e):  # multinomial saw inf/nan: the weights are broken
+                raise UserError("the model produced non-finite probabilities: the checkpoint is broken "
+                                "(or try --dtype=float32)")
+            raise
+    return texts
+
+
+if __name__ == '__main__':
+    common.run_cli(main)

@@ -1,0 +1,56 @@
+"""Shared test fixtures: a small synthetic character dataset, tiny-model settings, and a runner for
+the real scripts as subprocesses. Nothing here touches the network."""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, PROJECT)
+
+
+def make_char_dataset(path, n_chars=20000, seed=0):
+    """A learnable toy corpus (repeated words over a small alphabet) written as train.bin, val.bin
+    and meta.pkl in the nanoGPT format. Returns the directory."""
+    rng = np.random.default_rng(seed)
+    words = ['the', 'king', 'and', 'queen', 'of', 'rome', 'speak', 'now', 'ROMEO:', 'JULIET:']
+    text = ''
+    while len(text) < n_chars:
+        text += ' '.join(rng.choice(words, size=8)) + '\n'
+    chars = sorted(set(text))
+    stoi = {c: i for i, c in enumerate(chars)}
+    itos = {i: c for i, c in enumerate(chars)}
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    cut = int(0.9 * len(ids))
+    os.makedirs(path, exist_ok=True)
+    ids[:cut].tofile(os.path.join(path, 'train.bin'))
+    ids[cut:].tofile(os.path.join(path, 'val.bin'))
+    with open(os.path.join(path, 'meta.pkl'), 'wb') as f:
+        pickle.dump({'vocab_size': len(chars), 'itos': itos, 'stoi': stoi}, f)
+    return str(path)
+
+
+@pytest.fixture
+def char_dataset(tmp_path):
+    return make_char_dataset(tmp_path / 'toy')
+
+
+def tiny_args(out_dir, dataset, **overrides):
+    """train.py arguments for a model that trains in well under a second per iteration."""
+    settings = dict(dataset=dataset, out_dir=out_dir, n_layer=2, n_head=2, n_embd=32, block_size=32,
+                    batch_size=4, max_iters=10, eval_interval=5, eval_iters=2, log_interval=1,
+                    warmup_iters=2, lr_decay_iters=10, learning_rate=1e-3, dropout=0.0,
+                    compile=False, device='cpu', dtype='float32', always_save_checkpoint=False)
+    settings.update(overrides)
+    return [f'--{k}={v}' for k, v in settings.items()]
+
+
+def run_script(*args, cwd=PROJECT, timeout=300, env=None):
+    """Run `python <args>` the way a user would; returns the CompletedProcess (text mode)."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
