@@ -4,9 +4,14 @@ Benchmarks: the training step alone, and sampling speed.
     python bench.py                                  # training step, shakespeare_char model shape
     python bench.py config/train_shakespeare_char.py --batch_size=32
     python bench.py --compare=True                   # float32 eager vs the chosen defaults, one process
+    python bench.py --sweep=True                     # every dtype x compile x optimizer combination
     python bench.py --mode=sample                    # tokens/s with and without the KV cache
 
-Random data and random weights: nothing is read from disk, so it runs anywhere.
+Random data and random weights: nothing is read from disk, so it runs anywhere. The training step
+is train.py's: autocast forward, backward, gradient clipping, AdamW. Several setups are timed in one
+process with their iterations interleaved (A B A B ...), so a busy machine slows them alike and
+the ratios stay meaningful; each line reports the median iteration. train.py config files are
+accepted: the settings the training step has are used, the others (out_dir, max_iters, ...) ignored.
 """
 
 import sys
@@ -16,6 +21,7 @@ from types import SimpleNamespace
 import torch
 
 import common
+import train
 from configurator import apply_overrides
 from model import GPT, GPTConfig
 
@@ -29,22 +35,27 @@ n_embd = 384
 vocab_size = 65
 bias = False
 dropout = 0.0
+gradient_accumulation_steps = 1
+grad_clip = 1.0
 learning_rate = 1e-3
 weight_decay = 1e-1
 beta1 = 0.9
 beta2 = 0.99
-warmup = 3  # untimed iterations (compilation happens here)
-iters = 10  # timed iterations
-compare = False  # also run float32 eager and print the speed-up of the chosen settings
+warmup = 2  # untimed iterations per setup (compilation happens here)
+iters = 10  # timed iterations per setup
+compare = False  # also time float32 eager with foreach AdamW (the original's CPU step); print the speed-up
+sweep = False  # also time float32 / bfloat16 x eager / compiled (fused AdamW) against float32 eager
 device = 'auto'
 dtype = 'auto'
 compile = 'auto'
-peak_flops = 0.0
+fused = 'auto'  # fused AdamW: auto (where torch has it), True or False
+peak_flops = 0.0  # FLOP/s that MFU compares against; 0 = GPU table or a measured matmul peak
 seed = 1337
-# sampling mode
-num_samples = 5
-max_new_tokens = 500
-prompt_len = 6
+# sampling mode: the model shape above (10.65M shakespeare_char by default), then GPT-2 124M
+num_samples = 1  # samples per row, one after another as sample.py draws them
+max_new_tokens = 500  # sample.py's default: past block_size, so the window slides
+prompt_len = 6  # len("ROMEO:")
+gpt2_max_new_tokens = 32  # for the GPT-2 124M row (0 skips it); uncached it is slow on a CPU
 # -----------------------------------------------------------------------------------------------
 DEFAULTS = {k: v for k, v in globals().items()
             if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
@@ -57,77 +68,183 @@ def build_model(c, dev):
     return GPT(cfg).to(dev)
 
 
-def bench_train(c, dev, dtype, compile_):
-    """ms per training iteration (forward, backward, AdamW step) on random tokens."""
-    device_type = common.device_type_of(dev)
-    model = build_model(c, dev)
-    optimizer = model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device_type)
-    fwd = torch.compile(model) if compile_ else model
-    ctx = common.autocast_ctx(device_type, dtype)
-    x = torch.randint(c.vocab_size, (c.batch_size, c.block_size), device=dev)
-    y = torch.randint(c.vocab_size, (c.batch_size, c.block_size), device=dev)
+class TrainStep:
+    """One setup of the training step: a model, its optimizer and fixed random batches."""
 
-    def step():
-        with ctx:
-            _, loss = fwd(x, y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss
+    def __init__(self, c, dev, dtype, compile_, fused):
+        device_type = common.device_type_of(dev)
+        self.c, self.dtype, self.compile, self.fused = c, dtype, compile_, fused
+        self.model = build_model(c, dev)
+        self.optimizer = self.model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2),
+                                                         device_type, fused=fused)
+        self.fused = self.optimizer.defaults.get('fused') is True
+        self.fwd = common.compile_model(self.model) if compile_ else self.model
+        self.ctx = common.autocast_ctx(device_type, dtype)
+        g = torch.Generator().manual_seed(c.seed)
+        shape = (c.gradient_accumulation_steps, c.batch_size, c.block_size)
+        self.x = torch.randint(c.vocab_size, shape, generator=g).to(dev)
+        self.y = torch.randint(c.vocab_size, shape, generator=g).to(dev)
+        self.times, self.warmup_s = [], 0.0
 
-    for _ in range(c.warmup):
-        step().item()
-    t0 = time.perf_counter()
+    @property
+    def name(self):
+        return (f"{self.dtype} {'compiled' if self.compile else 'eager'} "
+                f"{'fused' if self.fused else 'foreach'}")
+
+    def step(self):
+        """One optimizer step; returns the seconds it took, the device waited for."""
+        c = self.c
+        t0 = time.perf_counter()
+        for k in range(c.gradient_accumulation_steps):
+            with self.ctx:
+                _, loss = self.fwd(self.x[k], self.y[k])
+            (loss / c.gradient_accumulation_steps).backward()
+        if c.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.item()  # waits for the device
+        return time.perf_counter() - t0
+
+    def report(self, dev, peak_override):
+        dt = sorted(self.times)[len(self.times) // 2]
+        tok_s = self.c.gradient_accumulation_steps * self.c.batch_size * self.c.block_size / dt
+        peak, src = common.peak_flops(dev, self.dtype, peak_override)
+        mfu = self.model.estimate_mfu(self.c.batch_size * self.c.gradient_accumulation_steps, dt, peak)
+        return dict(name=self.name, dtype=self.dtype, compile=self.compile, fused=self.fused, dt=dt,
+                    tok_s=tok_s, mfu=mfu, peak=peak, peak_src=src, warmup_s=self.warmup_s)
+
+
+def bench_train(c, dev, setups):
+    """Median seconds per training iteration of each (dtype, compile, fused) setup: warm-up
+    (and compilation) first, then the timed iterations interleaved across setups."""
+    steps = []
+    for dtype, compile_, fused in setups:
+        st = TrainStep(c, dev, dtype, compile_, fused)
+        t0 = time.perf_counter()
+        for _ in range(c.warmup):
+            st.step()
+        st.warmup_s = time.perf_counter() - t0
+        steps.append(st)
     for _ in range(c.iters):
-        loss = step()
-    loss.item()  # wait for the device
-    dt = (time.perf_counter() - t0) / c.iters
-    peak, src = common.peak_flops(dev, dtype, c.peak_flops)
-    mfu = model.estimate_mfu(c.batch_size, dt, peak)
-    tok_s = c.batch_size * c.block_size / dt
-    return dt, tok_s, mfu, src
+        for st in steps:
+            st.times.append(st.step())
+    return [st.report(dev, c.peak_flops) for st in steps]
 
 
-def bench_sample(c, dev, use_cache):
-    """Tokens per second generating num_samples x max_new_tokens one sample at a time."""
-    model = build_model(c, dev).eval()
-    x = torch.randint(c.vocab_size, (1, c.prompt_len), device=dev)
+def parse_settings(argv):
+    """bench.py settings from config files and --key=value. Config files may be train.py's: the
+    settings bench.py lacks are ignored there (on the command line they are still errors)."""
+    files = [a for a in argv if not a.startswith('--')]
+    flags = [a for a in argv if a.startswith('--')]
+    from_files = apply_overrides({**train.DEFAULTS, **DEFAULTS}, files, verbose=False)
+    settings = {k: from_files[k] for k in DEFAULTS}
+    from_flags = apply_overrides(DEFAULTS, flags, verbose=False)
+    for a in flags:
+        key = a[2:].partition('=')[0]
+        settings[key] = from_flags[key]
+    return SimpleNamespace(**settings)
+
+
+def bench_sample(c, dev, shape, max_new_tokens):
+    """Seconds to draw num_samples samples of max_new_tokens tokens (sample.py's defaults:
+    temperature 0.8, top_k 200), uncached reference vs KV cache, random weights. The two paths
+    alternate sample by sample, so a change in machine load hits both alike; each pair starts
+    from the same seed, so the tokens must agree (in float32). Returns a dict for the table."""
+    device_type = common.device_type_of(dev)
     torch.manual_seed(c.seed)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for _ in range(c.num_samples):
-            model.generate(x, c.max_new_tokens, temperature=0.8, top_k=200, use_cache=use_cache)
-    dt = time.perf_counter() - t0
-    return c.num_samples * c.max_new_tokens / dt, dt
+    cfg = GPTConfig(dropout=0.0, **shape)
+    model = GPT(cfg).to(dev).eval()
+    dtype = common.resolve_dtype(c.dtype, device_type, cfg.n_embd)  # what sample.py would pick
+    ctx = common.autocast_ctx(device_type, dtype)
+    x = torch.randint(cfg.vocab_size, (1, c.prompt_len), generator=torch.Generator().manual_seed(c.seed)).to(dev)
+    seconds = {False: 0.0, True: 0.0}
+    same = True
+    with torch.no_grad(), ctx:
+        for i in range(c.num_samples):
+            out = {}
+            for use_cache in (False, True):
+                torch.manual_seed(c.seed + i)
+                t0 = time.perf_counter()
+                out[use_cache] = model.generate(x, max_new_tokens, temperature=0.8, top_k=200,
+                                                use_cache=use_cache).tolist()  # .tolist() waits for the device
+                seconds[use_cache] += time.perf_counter() - t0
+            same = same and out[False] == out[True]
+    n = c.num_samples * max_new_tokens
+    return dict(params=model.get_num_params() / 1e6, block=cfg.block_size, new=max_new_tokens, dtype=dtype,
+                ref_s=seconds[False], kv_s=seconds[True], ref_tok_s=n / seconds[False],
+                kv_tok_s=n / seconds[True], speedup=seconds[False] / seconds[True], same=same)
 
 
 def main(argv=None):
-    c = SimpleNamespace(**apply_overrides(DEFAULTS, sys.argv[1:] if argv is None else argv, verbose=False))
+    c = parse_settings(sys.argv[1:] if argv is None else argv)
     dev = common.resolve_device(c.device)
     device_type = common.device_type_of(dev)
     if c.mode == 'sample':
+        if c.num_samples < 1 or c.max_new_tokens < 1 or c.prompt_len < 1 or c.gpt2_max_new_tokens < 0:
+            raise common.UserError("num_samples, max_new_tokens and prompt_len must be at least 1 and "
+                                   "gpt2_max_new_tokens 0 or more")
+        small = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.block_size,
+                     vocab_size=c.vocab_size, bias=c.bias)
+        gpt2 = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, bias=True)
+        # the small model within its window (where the cache does all its good), then with
+        # sample.py's default length, which slides the window once the sequence passes block_size
+        plan = [(small, min(c.max_new_tokens, c.block_size - c.prompt_len))]
+        if c.max_new_tokens > plan[0][1]:
+            plan.append((small, c.max_new_tokens))
+        if c.gpt2_max_new_tokens:
+            plan.append((gpt2, min(c.gpt2_max_new_tokens, gpt2['block_size'] - c.prompt_len)))
+        if plan[0][1] < 1:
+            raise common.UserError(f"prompt_len {c.prompt_len} leaves no room in block_size {c.block_size}")
         rows = []
-        for use_cache in (False, True):
-            tok_s, dt = bench_sample(c, dev, use_cache)
-            rows.append((('kv cache' if use_cache else 'uncached'), tok_s, dt))
-        print(f"{'path':<10} {'tok/s':>10} {'seconds':>9}")
-        for name, tok_s, dt in rows:
-            print(f"{name:<10} {tok_s:>10.1f} {dt:>9.2f}")
-        print(f"speed-up: {rows[1][1] / rows[0][1]:.2f}x")
+        for shape, new in plan:
+            rows.append(bench_sample(c, dev, shape, new))
+            r = rows[-1]
+            print(f"measured {r['params']:.2f}M, {new} new tokens: uncached {r['ref_s']:.1f}s, "
+                  f"kv cache {r['kv_s']:.1f}s", flush=True)
+        print(f"\nsampling, {c.num_samples} sample(s) one after another, prompt {c.prompt_len} tokens, "
+              f"temperature 0.8, top_k 200, device {dev}")
+        print(f"| model | block_size | new tokens | dtype | uncached tok/s | kv cache tok/s | speed-up | same tokens |")
+        print(f"| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in rows:
+            print(f"| {r['params']:.2f}M | {r['block']} | {r['new']} | {r['dtype']} | {r['ref_tok_s']:.1f} | "
+                  f"{r['kv_tok_s']:.1f} | {r['speedup']:.2f}x | {'yes' if r['same'] else 'no'} |")
         return rows
+    if c.iters < 1 or c.warmup < 0:
+        raise common.UserError(f"iters must be at least 1 and warmup 0 or more, got {c.iters} and {c.warmup}")
+    if c.fused not in ('auto', True, False):
+        raise common.UserError(f"fused must be True, False or auto, got {c.fused!r}")
+    torch.backends.cuda.matmul.allow_tf32 = True  # as train.py
+    torch.backends.cudnn.allow_tf32 = True
     dtype = common.resolve_dtype(c.dtype, device_type, c.n_embd)
-    compile_ = common.resolve_compile(c.compile, device_type)
-    runs = [('chosen', dtype, compile_)]
-    if c.compare:
-        runs.insert(0, ('fp32 eager', 'float32', False))
-    results = []
-    for name, dt_, comp in runs:
-        dt, tok_s, mfu, src = bench_train(c, dev, dt_, comp)
-        results.append((name, dt_, comp, dt, tok_s, mfu))
-        print(f"{name}: {dt_}, compile={comp}: {dt * 1000:.1f} ms/iter, {tok_s:,.0f} tok/s, "
-              f"mfu {mfu * 100:.2f}% (of {src})")
-    if c.compare:
-        print(f"speed-up of chosen settings over float32 eager: {results[0][3] / results[1][3]:.2f}x")
+    with torch.device('meta'):  # the FLOPs of one iteration, without allocating the model
+        flops = build_model(c, 'meta').estimate_mfu(c.batch_size * c.gradient_accumulation_steps, 1.0, 1.0)
+    compile_ = common.resolve_compile(c.compile, device_type, flops_per_iter=flops)
+    fused = device_type in ('cpu', 'cuda') if c.fused == 'auto' else c.fused  # as configure_optimizers
+    setups = [(dtype, compile_, fused)]
+    if c.compare or c.sweep:
+        setups.insert(0, ('float32', False, False))  # the original's step on CPU: no fused AdamW
+    if c.sweep:
+        # the optimizer step is never compiled, so fused vs foreach is compared eager only
+        for d in dict.fromkeys(['float32', dtype] + (['bfloat16'] if device_type == 'cpu' else [])):
+            for comp in ([False, True] if not common.compile_unavailable(device_type) else [False]):
+                if (d, comp, True) not in setups:
+                    setups.append((d, comp, True))
+    print(f"training step: {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads, batch "
+          f"{c.batch_size} x {c.gradient_accumulation_steps} of {c.block_size} tokens, "
+          f"{flops / 1e9:.3g} GFLOP/iter; {c.warmup} warm-up + {c.iters} timed iterations per setup")
+    results = bench_train(c, dev, setups)
+    base = results[0]['dt'] if c.compare or c.sweep else None
+    chosen = results[1] if base else results[0]
+    for r in results:
+        tag = ' <- chosen' if r is chosen else ''
+        ratio = f", {base / r['dt']:.2f}x" if base else ''
+        print(f"{r['name']:<26} {r['dt'] * 1000:9.1f} ms/iter{ratio}, {r['tok_s']:>9,.0f} tok/s, "
+              f"mfu {r['mfu'] * 100:5.2f}% of {r['peak'] / 1e12:.3g} TFLOP/s ({r['peak_src']}), "
+              f"warm-up {r['warmup_s']:.1f}s{tag}")
+    if base:
+        print(f"speed-up of the chosen settings ({chosen['name']}) over float32 eager: "
+              f"{base / chosen['dt']:.2f}x")
     return results
 
 

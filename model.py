@@ -97,8 +97,11 @@ class CausalSelfAttention(nn.Module):
                                                dropout_p=self.dropout if self.training else 0.0,
                                                is_causal=True)
         else:
-            # generation: the new T positions start at `pos`; attend to the cached prefix too
-            k, v = self.kv_cache.update(pos, k, v)  # (B, nh, pos+T, hs)
+            # generation: the new T positions start at `pos`; attend to the cached prefix too.
+            # Without a cache (the sliding-window pass, pos 0) nothing is stored: the next step
+            # shifts every position, so these keys would be stale anyway.
+            if self.kv_cache is not None:
+                k, v = self.kv_cache.update(pos, k, v)  # (B, nh, pos+T, hs)
             if last_only:
                 q = q[:, :, -1:]  # only the newest position's output is ever read
             Tq = q.size(2)
@@ -207,6 +210,16 @@ class GPT(nn.Module):
             loss = None
         return logits, loss
 
+    @property
+    def gelu_approximate(self):
+        return self.transformer.h[0].mlp.gelu.approximate if len(self.transformer.h) else 'none'
+
+    def set_gelu_approximate(self, approximate):
+        """'none': exact GELU (this model's default); 'tanh': GPT-2's 'gelu_new'. Checkpoints record
+        it outside model_args (key 'gelu_approximate') so that GPTConfig stays the original's."""
+        for block in self.transformer.h:
+            block.mlp.gelu = nn.GELU(approximate=approximate)
+
     def crop_block_size(self, block_size):
         """Shrink the context window, e.g. to finetune GPT-2 (1024) with a smaller block_size."""
         assert block_size <= self.config.block_size
@@ -215,52 +228,81 @@ class GPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_type, override_args=None):
-        """GPT-2 weights from Hugging Face: a name ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
-        or a local directory holding a GPT2LMHeadModel checkpoint."""
+        """OpenAI's GPT-2 weights through Hugging Face transformers: a model name ('gpt2',
+        'gpt2-medium', 'gpt2-large', 'gpt2-xl') or a local directory holding a GPT-2 checkpoint
+        (what GPT2LMHeadModel.save_pretrained or export_hf.py writes). Only dropout may be
+        overridden. Problems raise ImportError, OSError or ValueError with a one-line message."""
         import os
-        override_args = override_args or {}
-        if set(override_args) - {'dropout'}:
-            raise ValueError(f"only dropout can be overridden for pretrained GPT-2, got {sorted(override_args)}")
-        try:
-            from transformers import GPT2LMHeadModel
-        except ImportError:
-            raise ImportError("loading GPT-2 weights needs transformers: pip install transformers") from None
-        sizes = {
+        override_args = dict(override_args or {})
+        unknown = sorted(set(override_args) - {'dropout'})
+        if unknown:
+            raise ValueError(f"only dropout can be overridden for pretrained GPT-2, got {unknown}")
+        sizes = {  # the architecture each name stands for (the checkpoint's config must agree)
             'gpt2': dict(n_layer=12, n_head=12, n_embd=768),  # 124M
             'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),  # 350M
             'gpt2-large': dict(n_layer=36, n_head=20, n_embd=1280),  # 774M
             'gpt2-xl': dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M
         }
-        if os.path.isdir(model_type):
+        if not os.path.isdir(model_type) and model_type not in sizes:
+            raise ValueError(f"unknown pretrained model {model_type!r}: use one of {', '.join(sizes)} "
+                             f"or a directory holding a Hugging Face GPT-2 checkpoint")
+        try:
+            from transformers import GPT2LMHeadModel
+        except ImportError:
+            raise ImportError("loading GPT-2 weights needs the transformers package: "
+                              "pip install transformers") from None
+        print(f"loading weights from pretrained gpt: {model_type}")
+        try:
             hf = GPT2LMHeadModel.from_pretrained(model_type)
-            c = hf.config
-            config_args = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
-                               vocab_size=c.vocab_size, block_size=c.n_positions)
-        elif model_type in sizes:
-            print(f"loading weights from pretrained gpt: {model_type}")
-            hf = GPT2LMHeadModel.from_pretrained(model_type)
-            config_args = dict(sizes[model_type], vocab_size=50257, block_size=1024)
-        else:
-            raise ValueError(f"unknown pretrained model {model_type!r}: use one of {sorted(sizes)} "
-                             f"or a directory with a Hugging Face GPT-2 checkpoint")
-        config_args['bias'] = True  # GPT-2 has biases everywhere
+        except (OSError, ValueError) as e:  # no network, no such directory content, not GPT-2
+            first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+            raise OSError(f"cannot load GPT-2 weights from {model_type!r}: {first.strip()[:300]}") from None
+        c = hf.config
+        config_args = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
+                           vocab_size=c.vocab_size, block_size=c.n_positions, bias=True)  # GPT-2 has biases everywhere
+        if model_type in sizes and any(config_args[k] != v for k, v in sizes[model_type].items()):
+            raise ValueError(f"the checkpoint for {model_type!r} does not have {model_type}'s shape")
+        print(f"forcing vocab_size={c.vocab_size}, block_size={c.n_positions}, bias=True")
+        # Everything this model hard-codes must match, or the weights would compute something else.
+        # GPT-2's MLP activation is the tanh approximation of GELU ('gelu_new'); this model's default
+        # is the exact GELU, so the blocks' activation is switched below to reproduce the checkpoint.
+        approximations = {'gelu': 'none', 'gelu_new': 'tanh', 'gelu_pytorch_tanh': 'tanh', 'gelu_fast': 'tanh'}
+        mismatches = []
+        if c.activation_function not in approximations:
+            mismatches.append(f"activation_function={c.activation_function!r}")
+        if c.n_inner not in (None, 4 * c.n_embd):
+            mismatches.append(f"n_inner={c.n_inner} (needs 4*n_embd)")
+        if c.layer_norm_epsilon != 1e-5:
+            mismatches.append(f"layer_norm_epsilon={c.layer_norm_epsilon}")
+        if not c.scale_attn_weights or c.scale_attn_by_inverse_layer_idx:
+            mismatches.append("non-standard attention scaling")
+        out_emb, in_emb = hf.get_output_embeddings(), hf.get_input_embeddings()
+        if out_emb.weight is not in_emb.weight and not torch.equal(out_emb.weight, in_emb.weight):
+            mismatches.append("an output layer not tied to the token embedding")
+        if mismatches:
+            raise ValueError(f"{model_type!r} is not a plain GPT-2 checkpoint: {'; '.join(mismatches)}")
+        if 'dropout' in override_args:
+            print(f"overriding dropout rate to {override_args['dropout']}")
         config_args['dropout'] = override_args.get('dropout', 0.0)
         model = GPT(GPTConfig(**config_args))
+        model.set_gelu_approximate(approximations[c.activation_function])
         sd = model.state_dict()
         sd_hf = {k: v for k, v in hf.state_dict().items()
-                 if not k.endswith(('.attn.masked_bias', '.attn.bias'))}  # causal-mask buffers, not weights
+                 if not k.endswith(('.attn.masked_bias', '.attn.bias'))}  # old causal-mask buffers, not weights
+        if set(sd_hf) != set(sd):
+            raise ValueError(f"{model_type!r}: checkpoint keys do not match GPT-2's, e.g. "
+                             f"{sorted(set(sd_hf) ^ set(sd))[:3]}")
         # OpenAI's checkpoints use Conv1D, whose weight is the transpose of nn.Linear's
         transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
-        if set(sd_hf) != set(sd):
-            raise ValueError(f"checkpoint keys do not match GPT-2: {sorted(set(sd_hf) ^ set(sd))[:5]}")
         with torch.no_grad():
             for k, v in sd_hf.items():
                 v = v.t() if k.endswith(transposed) else v
-                assert v.shape == sd[k].shape, (k, v.shape, sd[k].shape)
+                if v.shape != sd[k].shape:
+                    raise ValueError(f"{model_type!r}: {k} has shape {tuple(v.shape)}, expected {tuple(sd[k].shape)}")
                 sd[k].copy_(v)
         return model
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, fused=None):
         # Decay only matrices (Linear and Embedding weights); biases and LayerNorm gains are
         # 1-d and decaying them pulls activations toward zero for no gain.
         params = {pn: p for pn, p in self.named_parameters() if p.requires_grad}
@@ -274,17 +316,30 @@ class GPT(nn.Module):
         num_nodecay = sum(p.numel() for p in nodecay_params)
         print(f"num decayed parameter tensors: {len(decay_params)}, with {num_decay:,} parameters")
         print(f"num non-decayed parameter tensors: {len(nodecay_params)}, with {num_nodecay:,} parameters")
-        # The fused kernel does the whole update in one pass; torch has it for CUDA and (since 2.4) CPU.
-        fused_available = 'fused' in inspect.signature(torch.optim.AdamW).parameters
-        use_fused = fused_available and device_type in ('cuda', 'cpu')
-        extra_args = dict(fused=True) if use_fused else dict()
-        optimizer = torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, **extra_args)
+        # The fused kernel updates every parameter in one pass instead of a chain of per-op kernels:
+        # on a 2-core CPU it makes the small CPU recipe's step about twice as fast. torch has it for
+        # CUDA and, since 2.4, CPU; an older torch refuses it when the optimizer is built, and then
+        # the multi-tensor (foreach) update is used. fused=None: wherever supported.
+        if fused is None:
+            fused = device_type in ('cuda', 'cpu')
+        optimizer = None
+        if fused:
+            try:
+                optimizer = torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, fused=True)
+            except (RuntimeError, TypeError, ValueError):
+                optimizer = None
+        use_fused = optimizer is not None
+        if optimizer is None:
+            optimizer = torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas)
         print(f"using fused AdamW: {use_fused}")
         return optimizer
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
         """Model FLOPs utilisation: achieved FLOP/s over `peak_flops` (default: A100 bf16, 312 TFLOP/s).
-        FLOPs per token from the PaLM paper (Chowdhery et al. 2022, appendix B): 6N + 12*L*H*Q*T."""
+        fwdbwd_per_iter sequences of block_size tokens take dt seconds. FLOPs per token from the
+        PaLM paper (Chowdhery et al. 2022, appendix B): 6N for the weight matmuls forward and
+        backward, plus 12*L*H*Q*T for attention scores and their weighted sum. With dt=1 and
+        peak_flops=1 it returns the FLOPs of one iteration."""
         N = self.get_num_params()
         cfg = self.config
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
@@ -300,16 +355,19 @@ class GPT(nn.Module):
             block.attn.kv_cache = KVCache(self.config.block_size)
 
     def clear_cache(self):
+        """Drop the caches: forward_cached then runs a window from position 0 without storing."""
         for block in self.transformer.h:
             block.attn.kv_cache = None
 
     def forward_cached(self, idx, pos):
         """Logits of the last position for tokens `idx` (B, T) placed at absolute positions
-        pos..pos+T-1, attending to the cached positions before `pos`. Returns (B, vocab)."""
+        pos..pos+T-1, attending to the cached positions before `pos`. Returns (B, vocab).
+        With the caches cleared, pos must be 0 and idx is a whole window."""
         t = idx.size(1)
         assert pos + t <= self.config.block_size
-        positions = torch.arange(pos, pos + t, dtype=torch.long, device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, n_embd)
+        assert pos == 0 or self.transformer.h[0].attn.kv_cache is not None, "no cache to continue from"
+        # a slice of the table is the same rows wpe(arange(pos, pos + t)) would gather, without the index tensor
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe.weight[pos:pos + t])
         last = len(self.transformer.h) - 1
         for i, block in enumerate(self.transformer.h):
             x = block(x, pos, last_only=(i == last))
@@ -319,57 +377,75 @@ class GPT(nn.Module):
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
                  use_cache=True, on_token=None):
-        """Extend idx (B, T) by max_new_tokens tokens, one multinomial draw per token and row.
+        """Extend idx (B, T) by up to max_new_tokens tokens, one sample_next draw per token.
 
-        use_cache=False is the reference algorithm: re-run the model on the (cropped) context for
-        every token. The cached path computes the same logits: while the sequence fits in block_size
-        it feeds one new position per step; beyond that every position of the window moves, so the
-        cached keys are stale and the window is recomputed (in one pass, the last layer for the last
-        position only). temperature=0 picks the argmax. on_token(idx_next) is called after each
-        token; if it returns True, generation stops early.
+        use_cache=False is the reference algorithm (nanoGPT's): run the model on the last
+        block_size tokens for every new token. use_cache=True computes the same logits with less
+        work. While the sequence fits in block_size, the prompt is run once and then one new
+        position per step, attending to cached keys and values. Once it is longer, the model must
+        see the last block_size tokens at positions 0..block_size-1: every token's position
+        changes at every step, so every cached key is stale. No exact shortcut exists there (each
+        layer's input at every position differs from anything computed before), so each step runs
+        the whole window through all layers but the last, and the last layer for the newest
+        position only (its keys and values still cover the window); nothing is stored.
+
+        temperature=0 picks the argmax. on_token(idx_next) is called after each token (B, 1); if
+        it returns True, generation stops early. Raises NonFiniteLogitsError on inf/nan logits.
         """
         block_size = self.config.block_size
-        pos = None  # number of valid cached positions; None: the cache must be (re)filled
-        if use_cache:
-            self.setup_cache()
+        B, n = idx.size()
+        # the sequence lives in one buffer: no torch.cat copy of the whole history per token
+        seq = idx.new_empty(B, n + max_new_tokens)
+        seq[:, :n] = idx
+        pos = None  # how many positions the caches hold; None: no cache filled yet
         try:
             for _ in range(max_new_tokens):
                 if not use_cache:
-                    idx_cond = idx if idx.size(1) <= block_size else idx[:, -block_size:]
-                    logits = self(idx_cond)[0][:, -1, :]
-                elif pos is not None and pos < block_size:
-                    logits = self.forward_cached(idx[:, -1:], pos)  # one new position
-                    pos += 1
+                    logits = self(seq[:, max(0, n - block_size):n])[0][:, -1, :]
+                elif n > block_size:
+                    if pos is not None:
+                        self.clear_cache()
+                        pos = None
+                    logits = self.forward_cached(seq[:, n - block_size:n], 0)  # whole window, no cache
+                elif pos is None:
+                    self.setup_cache()
+                    logits = self.forward_cached(seq[:, :n], 0)  # the prompt, filling the caches
+                    pos = n
                 else:
-                    idx_cond = idx[:, -block_size:]
-                    logits = self.forward_cached(idx_cond, 0)  # (re)fill the whole window
-                    pos = idx_cond.size(1)
+                    logits = self.forward_cached(seq[:, n - 1:n], pos)  # the newest token only
+                    pos += 1
+                if not torch.isfinite(logits).all():
+                    raise NonFiniteLogitsError("the model produced non-finite logits (inf or nan)")
                 idx_next = sample_next(logits, temperature, top_k, top_p)
-                idx = torch.cat((idx, idx_next), dim=1)
-                if idx.size(1) > block_size:
-                    pos = None  # the window slides from now on: positions shift every step
+                seq[:, n:n + 1] = idx_next
+                n += 1
                 if on_token is not None and on_token(idx_next):
                     break
         finally:
             if use_cache:
                 self.clear_cache()
-        return idx
+        return seq[:, :n]
+
+
+class NonFiniteLogitsError(ValueError):
+    """The logits held inf or nan: broken weights, or an overflow in reduced precision."""
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
-    """One token per row from logits (B, vocab) -> (B, 1)."""
+    """One token per row from logits (B, vocab) -> (B, 1): a single torch.multinomial call
+    (nothing random is drawn for temperature=0, which picks the argmax)."""
     if temperature == 0:
         return torch.argmax(logits, dim=-1, keepdim=True)
     logits = logits.float() / temperature
-    if top_k is not None:
-        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-        logits[logits < v[:, [-1]]] = -float('Inf')
+    if top_k is not None and top_k < logits.size(-1):  # top_k >= vocab keeps everything: skip the work
+        v, _ = torch.topk(logits, top_k)
+        logits = logits.masked_fill(logits < v[:, [-1]], -float('Inf'))  # ties with the k-th stay
     if top_p is not None and top_p < 1.0:
-        # nucleus sampling (Holtzman et al. 2019): keep the smallest set of tokens whose
-        # probability mass reaches top_p; the most likely token always stays
+        # nucleus sampling (Holtzman et al. 2019): keep the smallest set of most likely tokens
+        # whose mass reaches top_p; the most likely token always stays
         sorted_logits, sorted_idx = torch.sort(logits, descending=True)
-        cum = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
-        drop = cum - F.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already enough
+        sorted_probs = F.softmax(sorted_logits, dim=-1)
+        drop = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= top_p  # the mass before it suffices
         logits = logits.scatter(1, sorted_idx, sorted_logits.masked_fill(drop, -float('Inf')))
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1)

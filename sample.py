@@ -21,7 +21,7 @@ import torch
 import common
 from common import UserError
 from configurator import apply_overrides
-from model import GPT
+from model import GPT, NonFiniteLogitsError
 
 # -----------------------------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt) or a GPT-2 name ('gpt2', 'gpt2-xl', ...)
@@ -33,7 +33,7 @@ temperature = 0.8  # 1.0 = the model's distribution, lower = more conservative, 
 top_k = 200  # keep only the top_k most likely tokens
 top_p = 1.0  # nucleus sampling: keep the most likely tokens holding top_p of the mass; 1.0 = off
 stop = ''  # end a sample early at this string (not printed); '' = never
-stream = False  # print tokens as they are produced
+stream = False  # print each token as it is produced (one-by-one mode; batched prints at the end)
 batched = False  # draw all num_samples at once: faster, but not the same draws as one by one
 kv_cache = True  # False: the uncached reference algorithm (identical output, slower)
 seed = 1337
@@ -70,7 +70,10 @@ def load_model(c):
         dataset = (ckpt.get('config') or {}).get('dataset')
         tok = common.tokenizer_for_dataset(dataset)
     elif c.init_from.startswith('gpt2') or os.path.isdir(c.init_from):
-        model = GPT.from_pretrained(c.init_from, dict(dropout=0.0))
+        try:
+            model = GPT.from_pretrained(c.init_from, dict(dropout=0.0))
+        except (ImportError, OSError, ValueError) as e:  # from_pretrained's one-line messages
+            raise UserError(str(e)) from None
         tok = common.tokenizer_for_dataset(None)
     else:
         raise UserError(f"unknown init_from {c.init_from!r}: use resume or a GPT-2 name (gpt2, gpt2-medium, "
@@ -108,24 +111,30 @@ def read_prompt(c, tok):
 
 
 class Printer:
-    """Prints one sample's text, optionally streaming, and tells generate when a stop string appears.
-    A streamed GPT-2 token may end inside a UTF-8 character; the incremental decoder holds such
-    bytes back until the character is complete."""
+    """Turns one sample's tokens into text as they arrive: streams it when asked, and reports when
+    the stop string appears (the text is cut before it). A GPT-2 token may end inside a UTF-8
+    character; the incremental decoder holds such bytes back until the character is complete, so
+    a stream never shows half a character as garbage."""
 
     def __init__(self, tok, prompt_ids, stop, stream):
         self.tok, self.stop, self.stream = tok, stop, stream
         self.decoder = codecs.getincrementaldecoder('utf-8')(errors='replace')
-        self.text = ''  # generated text so far
-        self.shown = 0
+        self.text = ''  # generated text so far (the prompt not included)
+        self.shown = 0  # how much of self.text has been printed
         self.done = False
         if stream:
             print(tok.decode(prompt_ids), end='', flush=True)
 
     def add(self, token_id):
-        self.text += self.decoder.decode(self.tok.decode_bytes([token_id]))
-        cut = self.text.find(self.stop) if self.stop else -1
-        if cut >= 0:
-            self.text, self.done = self.text[:cut], True
+        """Take one token; True once the stop string has appeared."""
+        piece = self.decoder.decode(self.tok.decode_bytes([token_id]))
+        # a new match must end in the new piece: search from the first place it could begin
+        first = max(0, len(self.text) - len(self.stop) + 1)
+        self.text += piece
+        if self.stop and piece:
+            cut = self.text.find(self.stop, first)
+            if cut >= 0:
+                self.text, self.done = self.text[:cut], True
         if self.stream:
             # hold back a tail that could still grow into the stop string
             safe = len(self.text) if self.done or not self.stop else len(self.text) - len(self.stop) + 1
@@ -142,11 +151,17 @@ class Printer:
 
 
 def generate_samples(model, tok, ids, c, device):
-    """Yield the text of each sample (prompt included), printing nothing."""
+    """Yield the text of each sample (prompt included). Prints only when streaming."""
     x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
     gen_kw = dict(temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, use_cache=c.kv_cache)
     prompt_text = tok.decode(ids)
+    n = len(ids)
     if c.batched:
+        if not c.stop:
+            y = model.generate(x.expand(c.num_samples, -1), c.max_new_tokens, **gen_kw)
+            for row in y[:, n:].tolist():
+                yield prompt_text + tok.decode(row)
+            return
         printers = [Printer(tok, ids, c.stop, False) for _ in range(c.num_samples)]
 
         def on_token(nxt):
@@ -160,6 +175,11 @@ def generate_samples(model, tok, ids, c, device):
             yield prompt_text + p.text
         return
     for _ in range(c.num_samples):
+        if not (c.stream or c.stop):
+            # nothing to watch token by token: decode once at the end, no per-token host sync
+            y = model.generate(x, c.max_new_tokens, **gen_kw)
+            yield prompt_text + tok.decode(y[0, n:].tolist())
+            continue
         p = Printer(tok, ids, c.stop, c.stream)
         model.generate(x, c.max_new_tokens, on_token=lambda nxt: p.add(nxt[0, 0].item()), **gen_kw)
         p.finish()
@@ -192,11 +212,15 @@ def main(argv=None):
                     print(text)
                 print(DASHES, flush=True)
                 texts.append(text)
+        except NonFiniteLogitsError:
+            raise UserError(f"the model produced non-finite logits (inf or nan): the checkpoint is broken"
+                            f"{'' if dt == 'float32' else f', or {dt} overflowed: try --dtype=float32'}") from None
         except RuntimeError as e:
-            if 'probability tensor' in str(e):  # multinomial saw inf/nan: the weights are broken
-                raise UserError("the model produced non-finite probabilities: the checkpoint is broken "
-                                "(or try --dtype=float32)")
-            raise
+            if 'probability tensor' not in str(e):
+                raise
+            # finite logits, yet multinomial saw inf/nan: dividing by a tiny temperature overflowed
+            raise UserError(f"sampling probabilities overflowed at temperature={c.temperature}: use a larger "
+                            f"temperature, or --temperature=0 for greedy decoding") from None
     return texts
 
 

@@ -14,6 +14,7 @@ and when the run is interrupted (Ctrl-C, SIGTERM). init_from='resume' continues 
 the two and reproduces the uninterrupted run exactly.
 """
 
+import ast
 import json
 import math
 import os
@@ -24,10 +25,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 import common
 from common import UserError
-from configurator import apply_overrides
+from configurator import _check_type, apply_overrides
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------------------------
@@ -91,15 +93,24 @@ def check_config(c):
     for k in positive:
         if getattr(c, k) < 1:
             raise UserError(f"{k} must be at least 1, got {getattr(c, k)} (e.g. --{k}={DEFAULTS[k]})")
-    if c.max_iters < 0:
-        raise UserError(f"max_iters must be 0 or more, got {c.max_iters}")
+    for k in ('max_iters', 'warmup_iters', 'lr_decay_iters'):
+        if getattr(c, k) < 0:
+            raise UserError(f"{k} must be 0 or more, got {getattr(c, k)} (e.g. --{k}={DEFAULTS[k]})")
     if c.n_embd % c.n_head:
-        raise UserError(f"n_embd ({c.n_embd}) must be divisible by n_head ({c.n_head}): "
-                        f"each head gets n_embd/n_head channels")
+        raise UserError(f"n_embd ({c.n_embd}) must be divisible by n_head ({c.n_head}): each head gets "
+                        f"n_embd/n_head channels; e.g. --n_embd={-(-c.n_embd // c.n_head) * c.n_head}")
     if not 0.0 <= c.dropout < 1.0:
         raise UserError(f"dropout must be in [0, 1), got {c.dropout}")
-    if c.learning_rate <= 0 or c.min_lr < 0:
+    if not (0 < c.learning_rate < math.inf and 0 <= c.min_lr < math.inf):
         raise UserError(f"learning_rate must be > 0 and min_lr >= 0, got {c.learning_rate} and {c.min_lr}")
+    if c.decay_lr and c.lr_decay_iters <= c.warmup_iters:
+        # the cosine runs from warmup_iters to lr_decay_iters: an empty span has no schedule
+        raise UserError(f"lr_decay_iters ({c.lr_decay_iters}) must be greater than warmup_iters "
+                        f"({c.warmup_iters}): e.g. --lr_decay_iters={max(c.max_iters, c.warmup_iters + 1)}, "
+                        f"or --decay_lr=False for a constant learning rate")
+    if c.grad_clip < 0 or c.weight_decay < 0 or not (0 <= c.beta1 < 1 and 0 <= c.beta2 < 1):
+        raise UserError(f"need grad_clip >= 0 (0 = off), weight_decay >= 0 and beta1, beta2 in [0, 1); got "
+                        f"{c.grad_clip}, {c.weight_decay}, {c.beta1}, {c.beta2}")
     if not (c.init_from in ('scratch', 'resume') or c.init_from.startswith('gpt2')
             or os.path.isdir(c.init_from)):
         raise UserError(f"unknown init_from {c.init_from!r}: use scratch, resume, gpt2, gpt2-medium, "
@@ -121,6 +132,8 @@ def prepare_hint(dataset):
     script = os.path.join(common.dataset_dir(dataset), 'prepare.py')
     if os.path.exists(script):
         return f"python {os.path.relpath(script)}"
+    if common.dataset_dir(dataset) == os.path.abspath(dataset):  # a directory path, not a name
+        return f"python data/prepare_text.py <your text file> --dest={dataset}"
     return f"python data/prepare_text.py <your text file> --name={dataset}"
 
 
@@ -133,10 +146,10 @@ def open_split(data_dir, split, dataset, block_size, vocab_size):
     if size % 2:
         raise UserError(f"{path} has an odd length ({size} bytes): it is not uint16 tokens "
                         f"(truncated?); re-run {prepare_hint(dataset)}")
-    data = np.memmap(path, dtype=np.uint16, mode='r')
-    if len(data) < block_size + 1:
-        raise UserError(f"{path} holds {len(data)} tokens, fewer than block_size+1 = {block_size + 1}: "
+    if size // 2 < block_size + 1:  # checked before mapping: numpy cannot map an empty file
+        raise UserError(f"{path} holds {size // 2} tokens, fewer than block_size+1 = {block_size + 1}: "
                         f"use a smaller --block_size or more data")
+    data = np.memmap(path, dtype=np.uint16, mode='r')
     # full scan for small files, a strided sample for huge ones (openwebtext is 9B tokens)
     top = int(data.max()) if len(data) <= 200_000_000 else int(data[::997].max())
     if top >= vocab_size:
@@ -189,34 +202,132 @@ def set_rng_state(state, device_type):
 
 
 def find_resume_checkpoint(out_dir):
-    """The newer of out_dir/last.pt and out_dir/ckpt.pt (by iteration), loaded on the CPU."""
-    found = []
-    for name in ('last.pt', 'ckpt.pt'):
-        path = os.path.join(out_dir, name)
-        if os.path.exists(path):
-            found.append((common.load_checkpoint(path), path))
-    if not found:
+    """The latest training state, loaded on the CPU: whichever of out_dir/last.pt and
+    out_dir/ckpt.pt has the higher iter_num (a run deletes last.pt whenever it writes ckpt.pt,
+    so last.pt is there only while it is the newer of the two)."""
+    names = [n for n in ('last.pt', 'ckpt.pt') if os.path.exists(os.path.join(out_dir, n))]
+    if not names:
         raise UserError(f"cannot resume: no ckpt.pt or last.pt in {out_dir}; start with "
                         f"--init_from=scratch or pass the run's --out_dir")
-    return max(found, key=lambda f: f[0]['iter_num'])
+    found = []
+    for name in names:
+        path = os.path.join(out_dir, name)
+        try:
+            ckpt = common.load_checkpoint(path)
+        except UserError as e:
+            if len(names) > 1:  # say how to fall back, without silently losing the newer state
+                other = [n for n in names if n != name][0]
+                raise UserError(f"{e} (delete it to resume from {other} instead)") from None
+            raise
+        missing = [k for k in ('optimizer', 'iter_num', 'best_val_loss') if k not in ckpt]
+        missing += [f"model_args[{k!r}]" for k in ARCH_KEYS if k not in ckpt['model_args']]
+        if missing:
+            raise UserError(f"cannot resume from {path}: it lacks {', '.join(missing)}; it can still be "
+                            f"sampled from, but training needs a full checkpoint (or --init_from=scratch)")
+        found.append((ckpt, path))
+    return max(found, key=lambda f: int(f[0]['iter_num']))
+
+
+def given_settings(argv):
+    """The settings that argv sets, by --key=value or in a config file, whatever their value:
+    on resume these win over the checkpoint's stored config, even where they equal the defaults.
+    Called after apply_overrides has checked the arguments and found the files."""
+    given = set()
+    for arg in argv:
+        if arg.startswith('--'):
+            given.add(arg[2:].partition('=')[0])
+            continue
+        path = arg if os.path.isfile(arg) else os.path.join(common.PROJECT_DIR, arg)
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+                for target in getattr(node, 'targets', None) or [node.target]:
+                    given.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+    return given & set(DEFAULTS)
 
 
 def resolve_resume_config(c, ckpt):
-    """Settings not given on the command line come from the checkpoint; architecture settings
-    given on the command line must agree with it."""
-    stored = ckpt.get('config', {})
+    """Settings not given on the command line (or in a config file) come from the checkpoint's
+    stored config; architecture settings that were given must agree with the checkpoint."""
+    given = getattr(c, '_given', None)
+
+    def was_given(k):
+        # train(c) called without main(): a value other than the default counts as given
+        return k in given if given is not None else getattr(c, k) != DEFAULTS[k]
+
+    stored = ckpt.get('config') or {}
     for k, v in stored.items():
-        if k in DEFAULTS and getattr(c, k) == DEFAULTS[k] and k not in NOT_RESUMED:
-            setattr(c, k, v)
+        if k in DEFAULTS and k not in NOT_RESUMED and not was_given(k):
+            try:
+                setattr(c, k, _check_type(k, v, DEFAULTS[k], f"{c.out_dir} checkpoint config"))
+            except UserError as e:
+                common.warn_once(f"{e}; using {getattr(c, k)!r}")
     margs = ckpt['model_args']
     for k in ('n_layer', 'n_head', 'n_embd', 'bias'):
-        if getattr(c, k) != margs[k] and getattr(c, k) != DEFAULTS[k]:
+        if was_given(k) and getattr(c, k) != margs[k]:
             raise UserError(f"the checkpoint has {k}={margs[k]!r} but {k}={getattr(c, k)!r} was given: "
                             f"drop the override, or train a new model in another --out_dir")
         setattr(c, k, margs[k])
+    if not was_given('block_size') and 'block_size' not in stored:
+        c.block_size = margs['block_size']
     if c.block_size > margs['block_size']:
         raise UserError(f"cannot resume with block_size={c.block_size}: the checkpoint was trained with "
-                        f"block_size={margs['block_size']} and position embeddings cannot grow")
+                        f"block_size={margs['block_size']} and position embeddings cannot grow; "
+                        f"use --block_size={margs['block_size']} or less")
+
+
+def fit_optimizer_state(optim_sd, params):
+    """AdamW's moments are shaped like their parameters, and a resume with a smaller block_size
+    crops the position table: crop its moments the same way. Without this the fused update would
+    run over mismatched tensors without a word. Any other mismatch raises ValueError."""
+    for i, p in enumerate(params):
+        state = optim_sd['state'].get(i, {})
+        for k, v in state.items():
+            if not torch.is_tensor(v) or v.dim() == 0 or v.shape == p.shape:
+                continue
+            if v.dim() == p.dim() and v.shape[1:] == p.shape[1:] and v.shape[0] > p.shape[0]:
+                state[k] = v[:p.shape[0]].clone()
+            else:
+                raise ValueError(f"state {k} of parameter {i} has shape {tuple(v.shape)}, the parameter "
+                                 f"{tuple(p.shape)}")
+
+
+def optimizer_param_names(model, optimizer):
+    """The optimizer's parameters by name, in its own order: the order in which a plain
+    optimizer.state_dict() numbers them 0, 1, 2, ..."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group['params']]
+
+
+def full_sharded_state(model, optimizer):
+    """Full (unsharded) model and optimizer state dicts of an FSDP model, in the plain format a
+    single process saves (optimizer state numbered, not named), so any reader can load them.
+    Collective: every rank must call it; only rank 0 gets the tensors, the others empty dicts."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd = get_model_state_dict(model, options=opts)
+    optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
+    if not optim_sd:
+        return model_sd, optim_sd
+    index = {n: i for i, n in enumerate(optimizer_param_names(model, optimizer))}
+    return model_sd, {'state': {index[k]: v for k, v in optim_sd['state'].items()},
+                      'param_groups': [dict(g, params=[index[n] for n in g['params']])
+                                       for g in optim_sd['param_groups']]}
+
+
+def load_full_optimizer_state(model, optimizer, optim_sd):
+    """Load a plain (numbered) optimizer state dict, as in any ckpt.pt, into the optimizer of an
+    FSDP model: each rank keeps the shards of its own parameters."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    names = optimizer_param_names(model, optimizer)
+
+    def name(k):  # numbered by a plain optimizer, or already named
+        return names[k] if isinstance(k, int) else k
+    named = {'state': {name(k): v for k, v in optim_sd['state'].items()},
+             'param_groups': [dict(g, params=[name(k) for k in g['params']]) for g in optim_sd['param_groups']]}
+    set_optimizer_state_dict(model, optimizer, named, options=StateDictOptions(full_state_dict=True))
 
 
 def train(c):
@@ -229,22 +340,35 @@ def train(c):
         rank, local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
         world_size = int(os.environ['WORLD_SIZE'])
         local_world = int(os.environ.get('LOCAL_WORLD_SIZE', world_size))
-        if c.device == 'auto':
+        if c.device == 'auto':  # never MPS: no torch.distributed backend works with MPS tensors
             c.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        if c.device.startswith('mps'):
+            raise UserError("torchrun cannot train on MPS (no distributed backend supports it): "
+                            "use --device=cpu, or run train.py without torchrun")
         if c.device.startswith('cuda'):
-            c.device = f'cuda:{local_rank}'
+            if local_rank >= torch.cuda.device_count():
+                raise UserError(f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()} "
+                                f"CUDA device(s); use --nproc_per_node={torch.cuda.device_count()} or fewer")
+            c.device = f'cuda:{local_rank}'  # one GPU per local rank, whatever cuda:N was asked for
             torch.cuda.set_device(c.device)
-        else:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))  # share the cores
+        elif os.environ.get('OMP_NUM_THREADS', '1') == '1':
+            # torchrun sets OMP_NUM_THREADS=1 unless the user chose a value: that leaves most cores
+            # idle, while torch's own default (all cores in every rank) oversubscribes them, so the
+            # cores this process may use are split between the local ranks
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+            torch.set_num_threads(max(1, cores // local_world))
         be = c.backend if c.backend != 'auto' else ('nccl' if c.device.startswith('cuda') else 'gloo')
+        if be not in ('nccl', 'gloo', 'mpi', 'ucc', 'xccl'):
+            raise UserError(f"unknown backend {be!r}: use auto, nccl (CUDA) or gloo (CPU)")
+        if be == 'nccl' and not c.device.startswith('cuda'):
+            raise UserError("backend nccl needs CUDA GPUs: use --backend=gloo (or auto) on CPU")
         init_process_group(backend=be)
         master = rank == 0
-        if c.gradient_accumulation_steps % world_size:
-            raise UserError(f"gradient_accumulation_steps ({c.gradient_accumulation_steps}) must be divisible "
-                            f"by the number of processes ({world_size})")
-        c.gradient_accumulation_steps //= world_size
     else:
         rank, world_size, master = 0, 1, True
+        if c.fsdp:
+            common.warn_once("fsdp=True shards the model across torchrun processes; a single process "
+                             "trains unsharded (launch with torchrun --nproc_per_node=N)")
     if not master:
         sys.stdout = open(os.devnull, 'w')  # rank 0 alone prints
     c.device = common.resolve_device(c.device)
@@ -257,8 +381,17 @@ def train(c):
         check_config(c)
     config = {k: getattr(c, k) for k in DEFAULTS}  # stored in checkpoints
 
+    # gradient_accumulation_steps counts micro-steps of the whole job (stored so in checkpoints, so
+    # a resume on another number of processes keeps the tokens per iteration); each rank does its share
+    if c.gradient_accumulation_steps % world_size:
+        near = world_size * max(1, round(c.gradient_accumulation_steps / world_size))
+        raise UserError(f"gradient_accumulation_steps ({c.gradient_accumulation_steps}) must be divisible by "
+                        f"the number of processes ({world_size}), e.g. --gradient_accumulation_steps={near}")
+    c.gradient_accumulation_steps //= world_size
     tokens_per_iter = c.gradient_accumulation_steps * world_size * c.batch_size * c.block_size
-    print(f"tokens per iteration will be: {tokens_per_iter:,}")
+    print(f"tokens per iteration will be: {tokens_per_iter:,}"
+          + (f" ({world_size} processes x {c.gradient_accumulation_steps} micro-steps x {c.batch_size} batch"
+             f" x {c.block_size} tokens)" if world_size > 1 else ""))
     if master:
         try:
             os.makedirs(c.out_dir, exist_ok=True)
@@ -296,12 +429,18 @@ def train(c):
         model = common.model_from_checkpoint(ckpt, dropout=c.dropout)
     else:
         print(f"Initializing from OpenAI GPT-2 weights: {c.init_from}")
-        model = GPT.from_pretrained(c.init_from, dict(dropout=c.dropout))
+        try:
+            model = GPT.from_pretrained(c.init_from, dict(dropout=c.dropout))
+        except (ImportError, OSError, ValueError) as e:  # from_pretrained's one-line messages
+            raise UserError(str(e)) from None
         for k in ARCH_KEYS:
             model_args[k] = getattr(model.config, k)
     if c.block_size < model.config.block_size:
         model.crop_block_size(c.block_size)
         model_args['block_size'] = c.block_size
+    elif c.block_size > model.config.block_size:
+        raise UserError(f"block_size={c.block_size} is more than the {model.config.block_size} positions "
+                        f"{c.init_from} was trained with: use --block_size={model.config.block_size} or less")
     if meta_vocab_size is not None and meta_vocab_size > model_args['vocab_size']:
         raise UserError(f"{meta_path} has vocab_size {meta_vocab_size} but the model has "
                         f"{model_args['vocab_size']}: the dataset does not belong to this model")
@@ -309,69 +448,110 @@ def train(c):
             for s in ('train', 'val')}
     model.to(c.device)
     c.dtype = common.resolve_dtype(c.dtype, device_type, model_args['n_embd'])
-    c.compile = common.resolve_compile(c.compile, device_type)
+    # FLOPs of one iteration (estimate_mfu with dt=1, peak=1): on CPU compiling pays only for big steps
+    c.compile = common.resolve_compile(c.compile, device_type, flops_per_iter=model.estimate_mfu(
+        c.batch_size * c.gradient_accumulation_steps, 1.0, 1.0))
     config.update(device=c.device, dtype=c.dtype, compile=c.compile)
     ctx = common.autocast_ctx(device_type, c.dtype)
     # a gradient scaler only where float16 needs one (CUDA); never created on CPU or MPS
     scaler = torch.amp.GradScaler('cuda') if device_type == 'cuda' and c.dtype == 'float16' else None
 
-    optimizer = model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device_type)
-    iter_num, best_val_loss = 0, 1e9
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt['optimizer'])
-        iter_num, best_val_loss = ckpt['iter_num'], float(ckpt['best_val_loss'])
-        if scaler is not None and ckpt.get('scaler'):
-            scaler.load_state_dict(ckpt['scaler'])
     raw_model = model
-    if c.fsdp and ddp:
+    sharded = c.fsdp and ddp
+    if sharded:
+        # FSDP2 swaps the parameters for sharded DTensors in place, so this comes before the
+        # optimizer is made (it must hold the shards). Each block is one unit, gathered only while
+        # it runs; the root unit holds the embeddings, the tied lm_head and the final LayerNorm.
         from torch.distributed.fsdp import fully_shard
         for block in model.transformer.h:
             fully_shard(block)
         fully_shard(model)
+    optimizer = model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device_type)
+    iter_num, best_val_loss = 0, 1e9
+    if ckpt is not None:
+        try:
+            fit_optimizer_state(ckpt['optimizer'], [p for g in optimizer.param_groups for p in g['params']])
+            if sharded:
+                load_full_optimizer_state(raw_model, optimizer, ckpt['optimizer'])
+            else:
+                optimizer.load_state_dict(ckpt['optimizer'])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise UserError(f"{ckpt_path}: its optimizer state does not fit this model's AdamW "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); the file is damaged "
+                            f"or not from this model") from None
+        iter_num, best_val_loss = ckpt['iter_num'], float(ckpt['best_val_loss'])
+        if scaler is not None and ckpt.get('scaler'):
+            scaler.load_state_dict(ckpt['scaler'])
     if c.compile:
         print("compiling the model... (the first iterations are slow)")
-        model = torch.compile(model)
+        model = common.compile_model(model)  # falls back to eager, with one warning, if compiling fails
     if ddp and not c.fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[int(os.environ['LOCAL_RANK'])] if device_type == 'cuda' else None)
+    # rank 0 evaluates alone under DDP, so not through the wrapper, whose forward may talk to the other ranks
+    eval_model = model.module if ddp and not sharded else model
     peak, peak_src = common.peak_flops(c.device, c.dtype, c.peak_flops)
     print(f"mfu is measured against {peak / 1e12:.3g} TFLOP/s ({peak_src})")
 
     batches = Batches(data, c, c.device, device_type)
 
-    @torch.no_grad()
+    # inference mode also skips autograd's bookkeeping; FSDP writes gathered parameters during
+    # forward, which inference mode forbids, so sharded runs keep no_grad
+    @(torch.no_grad() if sharded else torch.inference_mode())
     def estimate_loss():
-        out = {}
-        model.eval()
-        for split in ('train', 'val'):
-            losses = torch.zeros(c.eval_iters)
-            for k in range(c.eval_iters):
-                X, Y = batches.get(split)
-                with ctx:
-                    _, loss = model(X, Y)
-                losses[k] = loss.item()
-            out[split] = losses.mean().item()
-        model.train()
-        return out
+        """Mean train and val loss over eval_iters batches, the same numbers on every rank: under
+        DDP rank 0 evaluates and sends its result, under FSDP (whose forward is collective) every
+        rank evaluates its own batches and the means are averaged. Equal numbers mean equal save
+        decisions, and saving is collective under torchrun (see checkpoint_state)."""
+        means = torch.zeros(2)
+        if master or sharded:
+            eval_model.eval()
+            for i, split in enumerate(('train', 'val')):
+                losses = torch.zeros(c.eval_iters)
+                for k in range(c.eval_iters):
+                    X, Y = batches.get(split)
+                    with ctx:
+                        _, loss = eval_model(X, Y)
+                    losses[k] = loss.item()
+                means[i] = losses.mean()
+            eval_model.train()
+        if ddp:
+            means = means.to(c.device)
+            if sharded:
+                dist.all_reduce(means)  # a sum: gloo has no average
+                means /= world_size
+            else:
+                dist.broadcast(means, src=0)
+        return {'train': means[0].item(), 'val': means[1].item()}
 
     def checkpoint_state():
-        def full(sd_owner):
-            if c.fsdp and ddp:
-                from torch.distributed.checkpoint.state_dict import get_model_state_dict, \
-                    get_optimizer_state_dict, StateDictOptions
-                opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-                return get_model_state_dict(raw_model, options=opts), \
-                    get_optimizer_state_dict(raw_model, optimizer, options=opts)
-            return raw_model.state_dict(), optimizer.state_dict()
-        model_sd, optim_sd = full(raw_model)
-        return {'model': model_sd, 'optimizer': optim_sd, 'model_args': model_args,
-                'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
-                'rng': rng_state(batches, device_type),
-                'scaler': scaler.state_dict() if scaler is not None else None}
+        """What ckpt.pt / last.pt hold. Under torchrun every rank calls this at the same points:
+        FSDP gathers the full weights and optimizer state (collectives that leave the result on
+        rank 0 only, on the CPU), and every rank's RNG state is collected for an exact resume."""
+        if sharded:
+            model_sd, optim_sd = full_sharded_state(raw_model, optimizer)
+        else:
+            model_sd, optim_sd = raw_model.state_dict(), optimizer.state_dict()
+        state = {'model': model_sd, 'optimizer': optim_sd, 'model_args': model_args,
+                 'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
+                 'rng': rng_state(batches, device_type),
+                 'scaler': scaler.state_dict() if scaler is not None else None,
+                 'gelu_approximate': raw_model.gelu_approximate}
+        if ddp:
+            state['rng_ranks'] = [None] * world_size
+            dist.all_gather_object(state['rng_ranks'], state['rng'])
+        return state
 
     def save(name, state):
         if master:
             path = os.path.join(c.out_dir, name)
+            # the loss is checked only every log_interval on CUDA and a signal can arrive at any
+            # iteration, so the weights themselves are checked: a diverged model is never saved
+            bad = [k for k, v in state['model'].items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            if bad:
+                raise UserError(f"the weights are not finite at iter {iter_num} ({bad[0]}): training diverged; "
+                                f"{name} was not written and earlier checkpoints are untouched (try a lower "
+                                f"--learning_rate)")
             print(f"saving checkpoint to {path}")
             common.save_checkpoint(state, path)
 
@@ -403,8 +583,17 @@ def train(c):
         for s in (signal.SIGINT, signal.SIGTERM):
             old_handlers[s] = signal.signal(s, on_signal)
 
-    if ckpt is not None and ckpt.get('rng'):
-        set_rng_state(ckpt['rng'], device_type)  # replays the batch that was fetched before saving
+    resume_rng = ckpt.get('rng') if ckpt is not None else None
+    if ckpt is not None and ddp:
+        # every rank takes back its own random stream, when the checkpoint was saved by as many
+        # processes; otherwise rank 0 continues the saved one and the others keep seed + rank
+        ranks_rng = ckpt.get('rng_ranks') or []
+        resume_rng = ranks_rng[rank] if len(ranks_rng) == world_size else resume_rng if master else None
+        if len(ranks_rng) != world_size:
+            print(f"note: {ckpt_path} was not saved by {world_size} processes: ranks other than 0 draw new "
+                  f"batches, so the run will differ from an uninterrupted one")
+    if resume_rng:
+        set_rng_state(resume_rng, device_type)  # replays the batch that was fetched before saving
     ckpt = None  # free the loaded tensors
     X, Y = batches.next_train()
     t_start = t0 = time.time()
@@ -417,18 +606,15 @@ def train(c):
                 group['lr'] = lr
             want_stop = stop['signal'] is not None
             if ddp:  # every rank must stop at the same iteration
-                import torch.distributed as dist
                 flag = torch.tensor([float(want_stop)], device=c.device)
                 dist.all_reduce(flag)
                 want_stop = flag.item() > 0
             if want_stop:
-                if master:
-                    state = checkpoint_state()
-                    save('last.pt', state)
+                save('last.pt', checkpoint_state())  # every rank takes part; rank 0 writes
                 print(f"stopped by signal at iter {iter_num}: training state saved to "
                       f"{os.path.join(c.out_dir, 'last.pt')}; continue with --init_from=resume")
                 break
-            if (iter_num % c.eval_interval == 0 or c.eval_only) and master:
+            if iter_num % c.eval_interval == 0 or c.eval_only:  # all ranks: they save together
                 losses = estimate_loss()
                 elapsed = time.time() - t_start
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
@@ -436,7 +622,7 @@ def train(c):
                 evals_log[iter_num] = (losses['train'], losses['val'])
                 log_metrics(event='eval', iter=iter_num, train_loss=losses['train'],
                             val_loss=losses['val'], lr=lr, elapsed=elapsed)
-                if c.wandb_log:
+                if c.wandb_log and master:
                     wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'],
                                "lr": lr, "mfu": running_mfu * 100})
                 if not math.isfinite(losses['val']):
@@ -449,14 +635,15 @@ def train(c):
                         last = os.path.join(c.out_dir, 'last.pt')
                         if master and os.path.exists(last):
                             os.remove(last)  # ckpt.pt is now the latest state too
-                elif iter_num > 0 and not c.eval_only:
+                elif local_iter_num > 0 and not c.eval_only:  # a run's first state is the one it loaded
                     save('last.pt', checkpoint_state())
             if c.eval_only:
                 break
             # ---- one optimizer step, gradient_accumulation_steps micro-steps ----
             for micro_step in range(c.gradient_accumulation_steps):
+                # FSDP reduce-scatters every micro-step: its gradients stay sharded, which is
+                # the memory it exists to save; DDP all-reduces only on the last micro-step
                 if ddp and not c.fsdp:
-                    # gradients are all-reduced only on the last micro-step
                     model.require_backward_grad_sync = (micro_step == c.gradient_accumulation_steps - 1)
                 with ctx:
                     _, loss = model(X, Y)
@@ -502,8 +689,7 @@ def train(c):
         if metrics:
             metrics.close()
         if ddp:
-            from torch.distributed import destroy_process_group
-            destroy_process_group()
+            dist.destroy_process_group()
     ckpt_file = os.path.join(c.out_dir, 'ckpt.pt')
     if master and not c.eval_only and stop['signal'] is None:
         print(f"done: {iter_num} iterations in {format_duration(time.time() - t_start)}, "
@@ -520,8 +706,16 @@ def format_duration(s):
 
 
 def main(argv=None):
-    c = SimpleNamespace(**apply_overrides(DEFAULTS, sys.argv[1:] if argv is None else argv))
-    summary = train(c)
+    if int(os.environ.get('RANK', 0)) != 0:
+        sys.stdout = open(os.devnull, 'w')  # under torchrun rank 0 alone prints, settings included
+    argv = sys.argv[1:] if argv is None else argv
+    c = SimpleNamespace(**apply_overrides(DEFAULTS, argv))
+    c._given = given_settings(argv)  # what a resume keeps instead of the checkpoint's config
+    try:
+        summary = train(c)
+    finally:
+        if dist.is_initialized():  # an error before training began leaves the process group open
+            dist.destroy_process_group()
     if summary['interrupted'] is not None:
         sys.exit(128 + summary['interrupted'])
     return summary

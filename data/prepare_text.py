@@ -172,14 +172,17 @@ def main(argv=None):
     p.add_argument('input', help="the text file")
     p.add_argument('--name', help="dataset name (default: the file name without extension)")
     p.add_argument('--bpe', action='store_true', help="GPT-2 BPE tokens instead of characters")
+    p.add_argument('--dest', help="write the dataset to this directory instead of data/<name>; "
+                                  "train with --dataset=<that directory>")
     args = p.parse_args(argv)
     name = args.name or os.path.splitext(os.path.basename(args.input))[0]
     if not name or os.sep in name or name.startswith('.'):
         raise PrepareError(f"invalid dataset name {name!r}: use a plain folder name, e.g. --name=mytext")
-    out_dir = os.path.join(DATA_DIR, name)
+    out_dir = os.path.abspath(args.dest) if args.dest else os.path.join(DATA_DIR, name)
     prepare_text(read_text(args.input), out_dir, bpe=args.bpe)
+    dataset = out_dir if args.dest else name
     print(f"wrote {out_dir}; train with: python train.py config/train_shakespeare_char_cpu.py "
-          f"--dataset={name} --out_dir=out-{name}")
+          f"--dataset={dataset} --out_dir=out-{name}")
 
 
 def run(main_fn):

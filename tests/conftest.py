@@ -42,7 +42,7 @@ def char_dataset(tmp_path):
 def tiny_args(out_dir, dataset, **overrides):
     """train.py arguments for a model that trains in well under a second per iteration."""
     settings = dict(dataset=dataset, out_dir=out_dir, n_layer=2, n_head=2, n_embd=32, block_size=32,
-                    batch_size=4, max_iters=10, eval_interval=5, eval_iters=2, log_interval=1,
+                    batch_size=4, gradient_accumulation_steps=1, max_iters=10, eval_interval=5, eval_iters=2, log_interval=1,
                     warmup_iters=2, lr_decay_iters=10, learning_rate=1e-3, dropout=0.0,
                     compile=False, device='cpu', dtype='float32', always_save_checkpoint=False)
     settings.update(overrides)

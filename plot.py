@@ -1,0 +1,86 @@
+"""
+Draw a run's loss curves (and learning rate) from out_dir/metrics.jsonl into a PNG.
+
+    python plot.py --out_dir=out-shakespeare-char-cpu            # writes out_dir/loss.png
+    python plot.py --out_dir=out-shakespeare-char --png=loss.png
+
+train.py appends one JSON line per logged iteration ({"event": "iter", "iter", "loss", "lr", ...})
+and per evaluation ({"event": "eval", "iter", "train_loss", "val_loss", ...}). A resumed run
+appends to the same file; where iterations were repeated after a resume, the latest line wins.
+Needs matplotlib (pip install matplotlib).
+"""
+
+import json
+import os
+import sys
+from types import SimpleNamespace
+
+from common import UserError, run_cli
+from configurator import apply_overrides
+
+out_dir = 'out'
+png = ''  # default: out_dir/loss.png
+DEFAULTS = dict(out_dir=out_dir, png=png)
+
+
+def read_metrics(path):
+    """(iters, evals): dicts iteration -> event, the latest line for each iteration."""
+    if not os.path.exists(path):
+        raise UserError(f"no metrics at {path}: train.py writes it; run e.g. "
+                        f"python train.py config/train_shakespeare_char_cpu.py")
+    iters, evals = {}, {}
+    with open(path) as f:
+        for line in f:
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            if e.get('event') == 'iter':
+                iters[e['iter']] = e
+            elif e.get('event') == 'eval':
+                evals[e['iter']] = e
+    if not iters and not evals:
+        raise UserError(f"{path} holds no iteration or evaluation lines yet")
+    return iters, evals
+
+
+def plot(metrics_path, png_path):
+    try:
+        import matplotlib
+        matplotlib.use('Agg')  # files only, no display needed
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("plotting needs matplotlib: pip install matplotlib") from None
+    iters, evals = read_metrics(metrics_path)
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 1))
+    if iters:
+        xs = sorted(iters)
+        ax.plot(xs, [iters[i]['loss'] for i in xs], color='0.75', lw=0.8, label='train (batch)')
+        ax_lr.plot(xs, [iters[i]['lr'] for i in xs], color='tab:green')
+    if evals:
+        xs = sorted(evals)
+        ax.plot(xs, [evals[i]['train_loss'] for i in xs], 'o-', color='tab:blue', label='train (eval)')
+        ax.plot(xs, [evals[i]['val_loss'] for i in xs], 'o-', color='tab:orange', label='val')
+        best = min(xs, key=lambda i: evals[i]['val_loss'])
+        ax.set_title(f"best val loss {evals[best]['val_loss']:.4f} at iter {best}")
+    ax.set_ylabel('loss')
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax_lr.set_ylabel('learning rate')
+    ax_lr.set_xlabel('iteration')
+    ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
+
+
+def main(argv=None):
+    c = SimpleNamespace(**apply_overrides(DEFAULTS, sys.argv[1:] if argv is None else argv, verbose=False))
+    path = plot(os.path.join(c.out_dir, 'metrics.jsonl'), c.png or os.path.join(c.out_dir, 'loss.png'))
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == '__main__':
+    run_cli(main)

@@ -1,0 +1,174 @@
+"""Bad input, one case per test: the real script stops with exit code 2 and a single `error:` line
+that names the problem and the fix, never a traceback."""
+
+import io
+import os
+import pickle
+import resource
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import PROJECT, make_char_dataset, run_script, tiny_args
+import train
+
+ONE_THREAD = {'OMP_NUM_THREADS': '1'}
+
+
+def assert_one_line_error(r, *expected):
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert 'Traceback' not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith('error: ')]
+    assert len(errors) == 1, r.stderr
+    for text in expected:
+        assert text in errors[0], (text, errors[0])
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    return make_char_dataset(tmp_path_factory.mktemp('data') / 'toy', n_chars=3000)
+
+
+@pytest.fixture(scope='module')
+def trained(dataset, tmp_path_factory):
+    """A tiny run's out_dir with ckpt.pt (n_layer=2, block_size=32)."""
+    out = str(tmp_path_factory.mktemp('trained') / 'out')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the suite shares few cores
+    try:
+        train.main(tiny_args(out, dataset, max_iters=2, eval_interval=2))
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def broken_dataset(tmp_path, dataset, change):
+    """A copy of the toy dataset with one thing broken by `change(directory)`."""
+    d = tmp_path / 'broken'
+    d.mkdir()
+    for name in ('train.bin', 'val.bin', 'meta.pkl'):
+        (d / name).write_bytes(open(os.path.join(dataset, name), 'rb').read())
+    change(d)
+    return str(d)
+
+
+def write_meta(d, meta):
+    with open(d / 'meta.pkl', 'wb') as f:
+        pickle.dump(meta, f)
+
+
+DATA_CASES = {
+    'missing train.bin': (lambda d: (d / 'train.bin').unlink(),
+                          ['missing', 'train.bin', 'python data/prepare_text.py <your text file> --dest=']),
+    'missing val.bin, named prepare script': (lambda d: ((d / 'val.bin').unlink(), (d / 'prepare.py').touch()),
+                                              ['missing', 'val.bin', 'prepare.py']),
+    'odd length': (lambda d: open(d / 'train.bin', 'ab').write(b'\0'), ['odd length', 'train.bin']),
+    'shorter than block_size+1': (lambda d: np.arange(32, dtype=np.uint16).tofile(d / 'val.bin'),
+                                  ['holds 32 tokens', 'block_size+1 = 33', '--block_size']),
+    'empty file': (lambda d: (d / 'train.bin').write_bytes(b''), ['holds 0 tokens']),
+    'token id above vocab_size': (lambda d: np.full(100, 40, dtype=np.uint16).tofile(d / 'val.bin'),
+                                  ['token id 40', 'vocab_size 30']),
+    'meta.pkl missing keys': (lambda d: write_meta(d, {'vocab_size': 30, 'stoi': {}}), ["lacks key(s) ['itos']"]),
+    'meta.pkl not a pickle': (lambda d: (d / 'meta.pkl').write_bytes(b'\x80\x04garbage'),
+                              ['cannot read', 'meta.pkl', 'prepare.py']),
+}
+
+
+@pytest.mark.parametrize('case', list(DATA_CASES))
+def test_bad_dataset(case, dataset, tmp_path):
+    change, expected = DATA_CASES[case]
+    d = broken_dataset(tmp_path, dataset, change)
+    r = run_script('train.py', *tiny_args(str(tmp_path / 'out'), d), env=ONE_THREAD)
+    assert_one_line_error(r, *expected)
+
+
+SETTING_CASES = {
+    'n_embd % n_head': ({'n_embd': 30, 'n_head': 4}, ['n_embd (30) must be divisible by n_head (4)', '--n_embd=32']),
+    'batch_size 0': ({'batch_size': 0}, ['batch_size must be at least 1, got 0', '--batch_size=12']),
+    'block_size -1': ({'block_size': -1}, ['block_size must be at least 1, got -1']),
+    'max_iters -1': ({'max_iters': -1}, ['max_iters must be 0 or more, got -1']),
+    'eval_iters 0': ({'eval_iters': 0}, ['eval_iters must be at least 1, got 0']),
+    'gradient_accumulation_steps 0': ({'gradient_accumulation_steps': 0},
+                                      ['gradient_accumulation_steps must be at least 1, got 0']),
+    'empty lr decay span': ({'warmup_iters': 10, 'lr_decay_iters': 10},
+                            ['lr_decay_iters (10) must be greater than warmup_iters (10)', '--decay_lr=False']),
+    'unknown device': ({'device': 'tpu'}, ["unknown device 'tpu'", 'cpu, cuda']),
+    'cuda absent': ({'device': 'cuda'}, ["'cuda' requested", '--device=cpu']),
+    'mps absent': ({'device': 'mps'}, ["'mps' requested", '--device=cpu']),
+    'out_dir under a file': ({'out_dir': '/etc/hostname/out'}, ['cannot write to out_dir', 'Not a directory']),
+    'out_dir in /proc': ({'out_dir': '/proc/nanogpt-out'}, ['cannot write to out_dir', '/proc/nanogpt-out']),
+}
+
+
+@pytest.mark.parametrize('case', list(SETTING_CASES))
+def test_bad_setting(case, dataset, tmp_path):
+    if case == 'cuda absent' and torch.cuda.is_available():
+        pytest.skip('this machine has CUDA')
+    if case == 'mps absent' and torch.backends.mps.is_available():
+        pytest.skip('this machine has MPS')
+    overrides, expected = SETTING_CASES[case]
+    overrides = dict(overrides)
+    overrides.setdefault('out_dir', str(tmp_path / 'out'))
+    r = run_script('train.py', *tiny_args(dataset=dataset, **overrides), env=ONE_THREAD)
+    assert_one_line_error(r, *expected)
+
+
+def copy_out(trained, tmp_path, change=None):
+    out = tmp_path / 'out'
+    out.mkdir()
+    data = open(os.path.join(trained, 'ckpt.pt'), 'rb').read()
+    (out / 'ckpt.pt').write_bytes(change(data) if change else data)
+    return str(out)
+
+
+RESUME_CASES = {
+    'no checkpoint': (None, {}, ['cannot resume: no ckpt.pt or last.pt in', '--init_from=scratch']),
+    'truncated ckpt.pt': (lambda b: b[:len(b) // 2], {}, ['ckpt.pt is not a loadable checkpoint', 'truncated']),
+    'model_args clash': (lambda b: b, {'n_layer': 3}, ['the checkpoint has n_layer=2 but n_layer=3 was given']),
+    'larger block_size': (lambda b: b, {'block_size': 64}, ['cannot resume with block_size=64', '--block_size=32']),
+}
+
+
+@pytest.mark.parametrize('case', list(RESUME_CASES))
+def test_bad_resume(case, trained, dataset, tmp_path):
+    change, overrides, expected = RESUME_CASES[case]
+    out = copy_out(trained, tmp_path, change) if change else str(tmp_path)
+    r = run_script('train.py', *tiny_args(out, dataset, init_from='resume', **overrides), env=ONE_THREAD)
+    assert_one_line_error(r, *expected)
+
+
+@pytest.mark.parametrize('case', ['no checkpoint', 'truncated ckpt.pt', 'weights do not fit'])
+def test_sample_bad_checkpoint(case, trained, tmp_path):
+    def shrink_model_args(data):
+        ckpt = torch.load(io.BytesIO(data), weights_only=True)
+        ckpt['model_args']['n_layer'] = 1
+        buf = io.BytesIO()
+        torch.save(ckpt, buf)
+        return buf.getvalue()
+    if case == 'no checkpoint':
+        out, expected = str(tmp_path), ['no checkpoint at', 'python train.py']
+    elif case == 'truncated ckpt.pt':
+        out, expected = copy_out(trained, tmp_path, lambda b: b[:-100]), ['not a loadable checkpoint']
+    else:
+        out, expected = copy_out(trained, tmp_path, shrink_model_args), ['do not fit', 'Unexpected key(s)']
+    r = run_script('sample.py', f'--out_dir={out}', '--device=cpu', env=ONE_THREAD)
+    assert_one_line_error(r, *expected)
+
+
+def test_full_disk_while_saving_keeps_the_previous_checkpoint(trained, dataset, tmp_path):
+    """A file-size limit makes every write past 50 kB fail, as a full disk does."""
+    out = copy_out(trained, tmp_path)
+    before = open(os.path.join(out, 'ckpt.pt'), 'rb').read()
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+    args = tiny_args(out, dataset, init_from='resume', max_iters=4, eval_interval=2, always_save_checkpoint=True)
+    r = subprocess.run([sys.executable, 'train.py', *args], cwd=PROJECT, capture_output=True, text=True,
+                       preexec_fn=limit_file_size, env=dict(os.environ, **ONE_THREAD), timeout=300)
+    assert_one_line_error(r, f'cannot write checkpoint {out}/ckpt.pt', 'is intact', 'disk')
+    assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() == before
+    assert sorted(os.listdir(out)) == ['ckpt.pt', 'metrics.jsonl']  # no temporary file left behind
