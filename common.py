@@ -141,27 +141,35 @@ def has_cxx_compiler():
     return shutil.which(cxx) is not None
 
 
-# On CPU, inductor spends tens of seconds generating and compiling C++ and only speeds up the
-# elementwise work between the matmuls (which MKL/oneDNN run the same either way). So 'auto'
-# compiles on CPU only when one iteration is big enough for the saving to repay the compile time
-# within a normal run. Measured on a 2-core EPYC (README, Speed): the 4x128 recipe (~4 GFLOP per
-# iteration) gains nothing, the 6x384 shakespeare_char model (~1 TFLOP) gains.
+# On CPU, inductor spends 30 s to minutes generating and compiling C++, and what it speeds up is
+# the elementwise work between the matmuls (fusing LayerNorm, GELU, dropout, residual adds);
+# MKL/oneDNN run the matmuls the same either way. In float32 the matmuls are nearly all of the
+# time: on a 2-core AVX2 EPYC compiling gave 0.97x (6x384 model) and 1.04x (4x128 recipe), i.e.
+# nothing (README, Speed). With bf16 units the matmuls get several times faster, the elementwise
+# share grows, and compiling pays once an iteration is big enough (the issue measured bf16 +
+# compile + fused AdamW at 2.7x float32 eager for the 6x384 model on an AMX Xeon); below
+# CPU_COMPILE_MIN_FLOPS per iteration (the 4x128 recipe does ~4 GFLOP) a whole training run is
+# too short to repay the compile time.
 CPU_COMPILE_MIN_FLOPS = 50e9
 
 
-def resolve_compile(compile, device_type, flops_per_iter=None):
-    """'auto' -> torch.compile where it is possible and pays: on CUDA, and on CPU for models with
-    at least CPU_COMPILE_MIN_FLOPS per iteration (flops_per_iter; None = unknown, compile). An
-    explicit True that cannot work warns once and runs eager."""
+def resolve_compile(compile, device_type, flops_per_iter=None, dtype=None):
+    """'auto' -> torch.compile where it is possible and pays: on CUDA; on CPU only for bf16
+    autocast (dtype) with at least CPU_COMPILE_MIN_FLOPS per iteration (flops_per_iter; None =
+    unknown). An explicit True that cannot work warns once and runs eager."""
     if compile not in ('auto', True, False):
         raise UserError(f"compile must be True, False or auto, got {compile!r}")
     if compile is False:
         return False
-    if compile == 'auto' and device_type == 'cpu' and flops_per_iter is not None \
-            and flops_per_iter < CPU_COMPILE_MIN_FLOPS:
-        print(f"compile: False (auto: {flops_per_iter / 1e9:.3g} GFLOP/iter is too little work for "
-              f"compiling to pay on CPU)")
-        return False
+    if compile == 'auto' and device_type == 'cpu':
+        if dtype == 'float32':
+            print("compile: False (auto: float32 on CPU is matmul-bound; compiling gains ~nothing and "
+                  "costs minutes)")
+            return False
+        if flops_per_iter is not None and flops_per_iter < CPU_COMPILE_MIN_FLOPS:
+            print(f"compile: False (auto: {flops_per_iter / 1e9:.3g} GFLOP/iter is too little work for "
+                  f"compiling to pay on CPU)")
+            return False
     why = compile_unavailable(device_type)
     if why:
         if compile == 'auto' and device_type == 'mps':
@@ -171,8 +179,8 @@ def resolve_compile(compile, device_type, flops_per_iter=None):
         return False
     if compile == 'auto':
         print("compile: True (auto: " + ('GPU' if device_type == 'cuda' else
-              f'{flops_per_iter / 1e9:.3g} GFLOP/iter repays compiling' if flops_per_iter else 'C++ compiler found')
-              + ")")
+              f'{dtype or "mixed precision"} at {flops_per_iter / 1e9:.3g} GFLOP/iter repays compiling'
+              if flops_per_iter else 'C++ compiler found') + ")")
     return True
 
 
@@ -202,8 +210,17 @@ class CompiledModel(torch.nn.Module):
     def __init__(self, module):
         super().__init__()
         self._orig_mod = module
-        self.__dict__['_compiled'] = torch.compile(module)  # not a submodule: no duplicate keys
         self.__dict__['_eager'] = False
+        try:
+            self.__dict__['_compiled'] = torch.compile(module)  # not a submodule: no duplicate keys
+        except Exception as e:
+            self._give_up(e)
+
+    def _give_up(self, error):
+        msg = str(error).strip().splitlines()
+        warn_once(f"torch.compile failed ({type(error).__name__}: {msg[0][:160] if msg else ''}); "
+                  f"running eager (set --compile=False to skip the attempt)")
+        self.__dict__['_eager'] = True
 
     def forward(self, *args, **kwargs):
         if self._eager:
@@ -215,10 +232,7 @@ class CompiledModel(torch.nn.Module):
         # A genuine error in the model (bad input, out of memory) fails eagerly too, and is raised
         # from there without blaming the compiler.
         out = self._orig_mod(*args, **kwargs)
-        msg = str(compile_error).strip().splitlines()
-        warn_once(f"torch.compile failed ({type(compile_error).__name__}: {msg[0][:160] if msg else ''}); "
-                  f"running eager (set --compile=False to skip the attempt)")
-        self.__dict__['_eager'] = True
+        self._give_up(compile_error)
         return out
 
 
@@ -308,7 +322,14 @@ def peak_flops(device, dtype, override=0.0):
         if peak:
             kind = 'tf32' if dtype == 'float32' and torch.backends.cuda.matmul.allow_tf32 else dtype
             return peak, f'{name} {kind} peak, datasheet'
-    return measure_matmul_peak(device, dtype), f'measured {dtype} matmul on {device}'
+    # The machine's limit is the faster of the dtype's matmul and float32's: a CPU without bf16
+    # units emulates bf16 matmuls far below its float32 rate, and MFU against that would be >100%.
+    peak = measure_matmul_peak(device, dtype)
+    if dtype != 'float32':
+        fp32 = measure_matmul_peak(device, 'float32')
+        if fp32 > peak:
+            return fp32, f'measured float32 matmul on {device}, faster than {dtype} here'
+    return peak, f'measured {dtype} matmul on {device}'
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------

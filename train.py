@@ -450,7 +450,7 @@ def train(c):
     c.dtype = common.resolve_dtype(c.dtype, device_type, model_args['n_embd'])
     # FLOPs of one iteration (estimate_mfu with dt=1, peak=1): on CPU compiling pays only for big steps
     c.compile = common.resolve_compile(c.compile, device_type, flops_per_iter=model.estimate_mfu(
-        c.batch_size * c.gradient_accumulation_steps, 1.0, 1.0))
+        c.batch_size * c.gradient_accumulation_steps, 1.0, 1.0), dtype=c.dtype)
     config.update(device=c.device, dtype=c.dtype, compile=c.compile)
     ctx = common.autocast_ctx(device_type, c.dtype)
     # a gradient scaler only where float16 needs one (CUDA); never created on CPU or MPS
@@ -547,9 +547,10 @@ def train(c):
             path = os.path.join(c.out_dir, name)
             # the loss is checked only every log_interval on CUDA and a signal can arrive at any
             # iteration, so the weights themselves are checked: a diverged model is never saved
-            bad = [k for k, v in state['model'].items() if v.is_floating_point() and not torch.isfinite(v).all()]
-            if bad:
-                raise UserError(f"the weights are not finite at iter {iter_num} ({bad[0]}): training diverged; "
+            floats = {k: v for k, v in state['model'].items() if v.is_floating_point()}
+            if floats and not torch.stack([torch.isfinite(v).all() for v in floats.values()]).all():  # one sync
+                bad = next(k for k, v in floats.items() if not torch.isfinite(v).all())
+                raise UserError(f"the weights are not finite at iter {iter_num} ({bad}): training diverged; "
                                 f"{name} was not written and earlier checkpoints are untouched (try a lower "
                                 f"--learning_rate)")
             print(f"saving checkpoint to {path}")
