@@ -38,6 +38,7 @@ import torch
 
 import common
 from common import UserError
+from checkpoint import clean_state_dict, load_checkpoint
 from configurator import apply_overrides
 
 out_dir = 'out'
@@ -158,7 +159,7 @@ def export(c):
         raise UserError(f"hf_dir {target!r} holds {foreign[0]!r}, which is not part of a Hugging Face "
                         f"export: refusing to replace it; choose another --hf_dir")
     ckpt_path = os.path.join(c.out_dir, 'ckpt.pt')
-    ckpt = common.load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path)
     model_args = ckpt['model_args']
     check_vocab(model_args, ckpt_path)
     transformers = import_transformers()
@@ -167,7 +168,7 @@ def export(c):
     hf = transformers.GPT2LMHeadModel(hf_config(model_args, transformers, ckpt.get('gelu_approximate', 'none')))
     hf_sd = hf.state_dict()  # tensors sharing storage with the model's parameters
     with torch.no_grad():
-        for k, v in convert_state_dict(common.clean_state_dict(ckpt['model']), model_args, hf_sd).items():
+        for k, v in convert_state_dict(clean_state_dict(ckpt['model']), model_args, hf_sd).items():
             hf_sd[k].copy_(v)
     hf.to(common.PTDTYPES[c.dtype])
 

@@ -15,7 +15,6 @@ References:
 This module is pure: no argv, no file I/O except GPT.from_pretrained, no import-time work.
 """
 
-import inspect
 import math
 from dataclasses import dataclass
 

@@ -20,6 +20,8 @@ import torch
 
 import common
 from common import UserError
+from checkpoint import load_checkpoint, model_from_checkpoint
+from dataset import tokenizer_for_dataset
 from configurator import apply_overrides
 from model import GPT, NonFiniteLogitsError
 
@@ -65,16 +67,16 @@ def load_model(c):
         if not os.path.isdir(c.out_dir):
             raise UserError(f"out_dir {c.out_dir!r} does not exist: train a model first, e.g. "
                             f"python train.py config/train_shakespeare_char.py (writes out-shakespeare-char)")
-        ckpt = common.load_checkpoint(os.path.join(c.out_dir, 'ckpt.pt'), 'cpu')
-        model = common.model_from_checkpoint(ckpt, dropout=0.0)
+        ckpt = load_checkpoint(os.path.join(c.out_dir, 'ckpt.pt'), 'cpu')
+        model = model_from_checkpoint(ckpt, dropout=0.0)
         dataset = (ckpt.get('config') or {}).get('dataset')
-        tok = common.tokenizer_for_dataset(dataset)
+        tok = tokenizer_for_dataset(dataset)
     elif c.init_from.startswith('gpt2') or os.path.isdir(c.init_from):
         try:
             model = GPT.from_pretrained(c.init_from, dict(dropout=0.0))
         except (ImportError, OSError, ValueError) as e:  # from_pretrained's one-line messages
             raise UserError(str(e)) from None
-        tok = common.tokenizer_for_dataset(None)
+        tok = tokenizer_for_dataset(None)
     else:
         raise UserError(f"unknown init_from {c.init_from!r}: use resume or a GPT-2 name (gpt2, gpt2-medium, "
                         f"gpt2-large, gpt2-xl)")

@@ -23,12 +23,13 @@ import sys
 import time
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 import common
 from common import UserError
+from checkpoint import ARCH_KEYS, find_resume_checkpoint, fit_optimizer_state, full_sharded_state, load_full_optimizer_state, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dataset import Batches, dataset_dir, load_meta, open_split
 from configurator import _check_type, apply_overrides
 from model import GPT, GPTConfig
 
@@ -83,7 +84,6 @@ DEFAULTS = {k: v for k, v in globals().items()
             if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
 # chosen per run and machine, never taken from a checkpoint's stored config
 NOT_RESUMED = ('init_from', 'out_dir', 'eval_only', 'device', 'dtype', 'compile', 'backend')
-ARCH_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')
 
 
 def check_config(c):
@@ -126,106 +126,6 @@ def get_lr(it, c):
     decay_ratio = (it - c.warmup_iters) / (c.lr_decay_iters - c.warmup_iters)
     coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # from 1 down to 0
     return c.min_lr + coeff * (c.learning_rate - c.min_lr)
-
-
-def prepare_hint(dataset):
-    script = os.path.join(common.dataset_dir(dataset), 'prepare.py')
-    if os.path.exists(script):
-        return f"python {os.path.relpath(script)}"
-    if common.dataset_dir(dataset) == os.path.abspath(dataset):  # a directory path, not a name
-        return f"python data/prepare_text.py <your text file> --dest={dataset}"
-    return f"python data/prepare_text.py <your text file> --name={dataset}"
-
-
-def open_split(data_dir, split, dataset, block_size, vocab_size):
-    """Memory-map data/<dataset>/<split>.bin (uint16 token ids) after checking it is usable."""
-    path = os.path.join(data_dir, f'{split}.bin')
-    if not os.path.exists(path):
-        raise UserError(f"missing {path}: prepare the dataset first with: {prepare_hint(dataset)}")
-    size = os.path.getsize(path)
-    if size % 2:
-        raise UserError(f"{path} has an odd length ({size} bytes): it is not uint16 tokens "
-                        f"(truncated?); re-run {prepare_hint(dataset)}")
-    if size // 2 < block_size + 1:  # checked before mapping: numpy cannot map an empty file
-        raise UserError(f"{path} holds {size // 2} tokens, fewer than block_size+1 = {block_size + 1}: "
-                        f"use a smaller --block_size or more data")
-    data = np.memmap(path, dtype=np.uint16, mode='r')
-    # full scan for small files, a strided sample for huge ones (openwebtext is 9B tokens)
-    top = int(data.max()) if len(data) <= 200_000_000 else int(data[::997].max())
-    if top >= vocab_size:
-        raise UserError(f"{path} contains token id {top}, not below the model's vocab_size {vocab_size}: "
-                        f"the data and meta.pkl / vocab_size do not match; re-run {prepare_hint(dataset)}")
-    return data
-
-
-class Batches:
-    """Random training windows as in nanoGPT: starts from torch.randint on the global RNG, targets
-    shifted by one. Remembers the RNG state before each training draw so a checkpoint can
-    replay the batch that was already fetched."""
-
-    def __init__(self, data, c, device, device_type):
-        self.data, self.c, self.device, self.device_type = data, c, device, device_type
-        self.offsets = np.arange(c.block_size + 1)
-        self.rng_before_train = None
-
-    def next_train(self):
-        self.rng_before_train = torch.get_rng_state()
-        return self.get('train')
-
-    def get(self, split):
-        data = self.data[split]
-        ix = torch.randint(len(data) - self.c.block_size, (self.c.batch_size,))
-        rows = torch.from_numpy(data[ix.numpy()[:, None] + self.offsets].astype(np.int64))  # (B, T+1)
-        x, y = rows[:, :-1], rows[:, 1:]
-        if self.device_type == 'cuda':
-            # pinned host memory lets the copy overlap with compute
-            return (x.pin_memory().to(self.device, non_blocking=True),
-                    y.pin_memory().to(self.device, non_blocking=True))
-        return x.contiguous().to(self.device), y.contiguous().to(self.device)
-
-
-def rng_state(batches, device_type):
-    state = {'cpu': batches.rng_before_train}
-    if device_type == 'cuda':
-        state['cuda'] = torch.cuda.get_rng_state()
-    elif device_type == 'mps':
-        state['mps'] = torch.mps.get_rng_state()
-    return state
-
-
-def set_rng_state(state, device_type):
-    torch.set_rng_state(state['cpu'])
-    if device_type == 'cuda' and 'cuda' in state:
-        torch.cuda.set_rng_state(state['cuda'])
-    elif device_type == 'mps' and 'mps' in state:
-        torch.mps.set_rng_state(state['mps'])
-
-
-def find_resume_checkpoint(out_dir):
-    """The latest training state, loaded on the CPU: whichever of out_dir/last.pt and
-    out_dir/ckpt.pt has the higher iter_num (a run deletes last.pt whenever it writes ckpt.pt,
-    so last.pt is there only while it is the newer of the two)."""
-    names = [n for n in ('last.pt', 'ckpt.pt') if os.path.exists(os.path.join(out_dir, n))]
-    if not names:
-        raise UserError(f"cannot resume: no ckpt.pt or last.pt in {out_dir}; start with "
-                        f"--init_from=scratch or pass the run's --out_dir")
-    found = []
-    for name in names:
-        path = os.path.join(out_dir, name)
-        try:
-            ckpt = common.load_checkpoint(path)
-        except UserError as e:
-            if len(names) > 1:  # say how to fall back, without silently losing the newer state
-                other = [n for n in names if n != name][0]
-                raise UserError(f"{e} (delete it to resume from {other} instead)") from None
-            raise
-        missing = [k for k in ('optimizer', 'iter_num', 'best_val_loss') if k not in ckpt]
-        missing += [f"model_args[{k!r}]" for k in ARCH_KEYS if k not in ckpt['model_args']]
-        if missing:
-            raise UserError(f"cannot resume from {path}: it lacks {', '.join(missing)}; it can still be "
-                            f"sampled from, but training needs a full checkpoint (or --init_from=scratch)")
-        found.append((ckpt, path))
-    return max(found, key=lambda f: int(f[0]['iter_num']))
 
 
 def given_settings(argv):
@@ -275,59 +175,6 @@ def resolve_resume_config(c, ckpt):
         raise UserError(f"cannot resume with block_size={c.block_size}: the checkpoint was trained with "
                         f"block_size={margs['block_size']} and position embeddings cannot grow; "
                         f"use --block_size={margs['block_size']} or less")
-
-
-def fit_optimizer_state(optim_sd, params):
-    """AdamW's moments are shaped like their parameters, and a resume with a smaller block_size
-    crops the position table: crop its moments the same way. Without this the fused update would
-    run over mismatched tensors without a word. Any other mismatch raises ValueError."""
-    for i, p in enumerate(params):
-        state = optim_sd['state'].get(i, {})
-        for k, v in state.items():
-            if not torch.is_tensor(v) or v.dim() == 0 or v.shape == p.shape:
-                continue
-            if v.dim() == p.dim() and v.shape[1:] == p.shape[1:] and v.shape[0] > p.shape[0]:
-                state[k] = v[:p.shape[0]].clone()
-            else:
-                raise ValueError(f"state {k} of parameter {i} has shape {tuple(v.shape)}, the parameter "
-                                 f"{tuple(p.shape)}")
-
-
-def optimizer_param_names(model, optimizer):
-    """The optimizer's parameters by name, in its own order: the order in which a plain
-    optimizer.state_dict() numbers them 0, 1, 2, ..."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    return [names[id(p)] for group in optimizer.param_groups for p in group['params']]
-
-
-def full_sharded_state(model, optimizer):
-    """Full (unsharded) model and optimizer state dicts of an FSDP model, in the plain format a
-    single process saves (optimizer state numbered, not named), so any reader can load them.
-    Collective: every rank must call it; only rank 0 gets the tensors, the others empty dicts."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_sd = get_model_state_dict(model, options=opts)
-    optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
-    if not optim_sd:
-        return model_sd, optim_sd
-    index = {n: i for i, n in enumerate(optimizer_param_names(model, optimizer))}
-    return model_sd, {'state': {index[k]: v for k, v in optim_sd['state'].items()},
-                      'param_groups': [dict(g, params=[index[n] for n in g['params']])
-                                       for g in optim_sd['param_groups']]}
-
-
-def load_full_optimizer_state(model, optimizer, optim_sd):
-    """Load a plain (numbered) optimizer state dict, as in any ckpt.pt, into the optimizer of an
-    FSDP model: each rank keeps the shards of its own parameters."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    names = optimizer_param_names(model, optimizer)
-
-    def name(k):  # numbered by a plain optimizer, or already named
-        return names[k] if isinstance(k, int) else k
-    named = {'state': {name(k): v for k, v in optim_sd['state'].items()},
-             'param_groups': [dict(g, params=[name(k) for k in g['params']]) for g in optim_sd['param_groups']]}
-    set_optimizer_state_dict(model, optimizer, named, options=StateDictOptions(full_state_dict=True))
 
 
 def train(c):
@@ -405,11 +252,11 @@ def train(c):
     torch.backends.cudnn.allow_tf32 = True
 
     # ---- data ----
-    data_dir = common.dataset_dir(c.dataset)
+    data_dir = dataset_dir(c.dataset)
     meta_path = os.path.join(data_dir, 'meta.pkl')
     meta_vocab_size = None
     if os.path.exists(meta_path):
-        meta_vocab_size = common.load_meta(meta_path)['vocab_size']
+        meta_vocab_size = load_meta(meta_path)['vocab_size']
         print(f"found vocab_size = {meta_vocab_size} (inside {meta_path})")
 
     # ---- model ----
@@ -426,7 +273,7 @@ def train(c):
         for k in ARCH_KEYS:
             model_args[k] = ckpt['model_args'][k]
         model_args['block_size'] = ckpt['model_args']['block_size']
-        model = common.model_from_checkpoint(ckpt, dropout=c.dropout)
+        model = model_from_checkpoint(ckpt, dropout=c.dropout)
     else:
         print(f"Initializing from OpenAI GPT-2 weights: {c.init_from}")
         try:
@@ -554,7 +401,7 @@ def train(c):
                                 f"{name} was not written and earlier checkpoints are untouched (try a lower "
                                 f"--learning_rate)")
             print(f"saving checkpoint to {path}")
-            common.save_checkpoint(state, path)
+            save_checkpoint(state, path)
 
     # a new run starts a new metrics file; a resumed run appends to it
     metrics = open(os.path.join(c.out_dir, 'metrics.jsonl'), 'a' if c.init_from == 'resume' else 'w') \

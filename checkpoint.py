@@ -1,0 +1,246 @@
+"""
+Checkpoints: crash-safe save, safe load (weights_only), the resume choice between ckpt.pt (best by
+val loss) and last.pt (latest state), RNG state for exact resume, and full state dicts of FSDP
+models. Used by train.py, sample.py and export_hf.py.
+"""
+
+import os
+import pickle
+import re
+
+import torch
+
+from common import UserError
+
+ARCH_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')
+
+
+def _temp_prefix(path):
+    """Temporary files of a save to `path` are `.<name>.tmp<pid>` beside it: hidden, and never
+    ending in .pt, so nothing takes one for a checkpoint."""
+    d, name = os.path.split(os.path.abspath(path))
+    return d, f".{name}.tmp"
+
+
+def _pid_alive(pid):
+    if pid == os.getpid():
+        return False  # a save in this process removes its own temporary file when it ends
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(path):
+    """Delete temporary files that a killed process (SIGKILL, out of memory, power loss) left
+    while saving `path`: nothing reads them, but each is as large as a checkpoint."""
+    if os.name == 'nt':
+        return  # os.kill(pid, 0) would terminate the process on Windows
+    d, prefix = _temp_prefix(path)
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):]
+        if name.startswith(prefix) and pid.isdigit() and not _pid_alive(int(pid)):
+            try:
+                os.remove(os.path.join(d, name))
+            except OSError:
+                pass
+
+
+def save_checkpoint(obj, path):
+    """torch.save that never leaves a half-written file: write a temporary file in the same
+    directory, fsync it, then rename over `path` (atomic on POSIX). Killed at any instant, the
+    previous file at `path` stays complete."""
+    d, prefix = _temp_prefix(path)
+    tmp = os.path.join(d, f"{prefix}{os.getpid()}")
+    remove_stale_temp_files(path)
+    try:
+        with open(tmp, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        reason = getattr(e, 'strerror', None) or f"the write failed, is the disk full? ({str(e).splitlines()[0][:120]})"
+        raise UserError(f"cannot write checkpoint {path}: {reason}; the previous "
+                        f"{os.path.basename(path)} (if any) is intact; free disk space or "
+                        f"choose another --out_dir") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    try:  # make the rename itself durable
+        fd = os.open(d, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path, device='cpu'):
+    """Load a ckpt.pt with weights_only=True, with one-line errors. weights_only rebuilds only
+    tensors and plain Python values: a checkpoint naming any other class or function (the way a
+    pickle runs code) is refused instead of trusted."""
+    if not os.path.exists(path):
+        d = os.path.dirname(path) or '.'
+        if os.path.basename(path) == 'ckpt.pt' and os.path.exists(os.path.join(d, 'last.pt')):
+            raise UserError(f"no checkpoint at {path} yet: {d} holds only last.pt, the state of a run stopped "
+                            f"before its first evaluation; continue it with: "
+                            f"python train.py --init_from=resume --out_dir={d}")
+        raise UserError(f"no checkpoint at {path}: train one first, e.g. "
+                        f"python train.py config/train_shakespeare_char.py")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        named = re.search(r'GLOBAL (\S+)', str(e))
+        raise UserError(f"refusing to load {path}: it holds a pickled Python object "
+                        f"({named.group(1) if named else 'not a tensor or plain value'}) that could run "
+                        f"code when loaded; only checkpoints of tensors and plain values are accepted") from None
+    except Exception as e:
+        raise UserError(f"{path} is not a loadable checkpoint (truncated or corrupt?): "
+                        f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+    if not isinstance(ckpt, dict) or not {'model', 'model_args'} <= set(ckpt):
+        raise UserError(f"{path} is not a nanoGPT checkpoint: it lacks the 'model' and 'model_args' keys")
+    return ckpt
+
+
+def clean_state_dict(state_dict):
+    """Strip the prefixes that torch.compile ('_orig_mod.') and DDP ('module.') add to keys, in
+    any nesting (DDP around a compiled model gives 'module._orig_mod.')."""
+    out = {}
+    for k, v in state_dict.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in ('_orig_mod.', 'module.'):
+                if k.startswith(prefix):
+                    k, stripped = k[len(prefix):], True
+        out[k] = v
+    return out
+
+
+MODEL_ARG_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')
+
+
+def model_from_checkpoint(ckpt, **override):
+    """A GPT with the checkpoint's architecture and weights."""
+    from model import GPT, GPTConfig
+    args = dict(ckpt['model_args'])
+    missing = [k for k in MODEL_ARG_KEYS if k not in args]
+    if missing:
+        raise UserError(f"the checkpoint's model_args lack {missing}: it was not written by nanoGPT")
+    args.update(override)
+    try:
+        model = GPT(GPTConfig(**args))
+    except TypeError as e:
+        raise UserError(f"the checkpoint's model_args do not fit this GPTConfig: {e}") from None
+    if ckpt.get('gelu_approximate', 'none') != 'none':  # finetuned GPT-2 keeps its tanh GELU
+        model.set_gelu_approximate(ckpt['gelu_approximate'])
+    try:
+        model.load_state_dict(clean_state_dict(ckpt['model']))
+    except RuntimeError as e:
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise UserError(f"checkpoint weights do not fit its model_args: {detail[:300]}") from None
+    return model
+
+
+def rng_state(batches, device_type):
+    state = {'cpu': batches.rng_before_train}
+    if device_type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state()
+    elif device_type == 'mps':
+        state['mps'] = torch.mps.get_rng_state()
+    return state
+
+
+def set_rng_state(state, device_type):
+    torch.set_rng_state(state['cpu'])
+    if device_type == 'cuda' and 'cuda' in state:
+        torch.cuda.set_rng_state(state['cuda'])
+    elif device_type == 'mps' and 'mps' in state:
+        torch.mps.set_rng_state(state['mps'])
+
+
+def find_resume_checkpoint(out_dir):
+    """The latest training state, loaded on the CPU: whichever of out_dir/last.pt and
+    out_dir/ckpt.pt has the higher iter_num (a run deletes last.pt whenever it writes ckpt.pt,
+    so last.pt is there only while it is the newer of the two)."""
+    names = [n for n in ('last.pt', 'ckpt.pt') if os.path.exists(os.path.join(out_dir, n))]
+    if not names:
+        raise UserError(f"cannot resume: no ckpt.pt or last.pt in {out_dir}; start with "
+                        f"--init_from=scratch or pass the run's --out_dir")
+    found = []
+    for name in names:
+        path = os.path.join(out_dir, name)
+        try:
+            ckpt = load_checkpoint(path)
+        except UserError as e:
+            if len(names) > 1:  # say how to fall back, without silently losing the newer state
+                other = [n for n in names if n != name][0]
+                raise UserError(f"{e} (delete it to resume from {other} instead)") from None
+            raise
+        missing = [k for k in ('optimizer', 'iter_num', 'best_val_loss') if k not in ckpt]
+        missing += [f"model_args[{k!r}]" for k in ARCH_KEYS if k not in ckpt['model_args']]
+        if missing:
+            raise UserError(f"cannot resume from {path}: it lacks {', '.join(missing)}; it can still be "
+                            f"sampled from, but training needs a full checkpoint (or --init_from=scratch)")
+        found.append((ckpt, path))
+    return max(found, key=lambda f: int(f[0]['iter_num']))
+
+
+def fit_optimizer_state(optim_sd, params):
+    """AdamW's moments are shaped like their parameters, and a resume with a smaller block_size
+    crops the position table: crop its moments the same way. Without this the fused update would
+    run over mismatched tensors without a word. Any other mismatch raises ValueError."""
+    for i, p in enumerate(params):
+        state = optim_sd['state'].get(i, {})
+        for k, v in state.items():
+            if not torch.is_tensor(v) or v.dim() == 0 or v.shape == p.shape:
+                continue
+            if v.dim() == p.dim() and v.shape[1:] == p.shape[1:] and v.shape[0] > p.shape[0]:
+                state[k] = v[:p.shape[0]].clone()
+            else:
+                raise ValueError(f"state {k} of parameter {i} has shape {tuple(v.shape)}, the parameter "
+                                 f"{tuple(p.shape)}")
+
+
+def optimizer_param_names(model, optimizer):
+    """The optimizer's parameters by name, in its own order: the order in which a plain
+    optimizer.state_dict() numbers them 0, 1, 2, ..."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group['params']]
+
+
+def full_sharded_state(model, optimizer):
+    """Full (unsharded) model and optimizer state dicts of an FSDP model, in the plain format a
+    single process saves (optimizer state numbered, not named), so any reader can load them.
+    Collective: every rank must call it; only rank 0 gets the tensors, the others empty dicts."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    model_sd = get_model_state_dict(model, options=opts)
+    optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
+    if not optim_sd:
+        return model_sd, optim_sd
+    index = {n: i for i, n in enumerate(optimizer_param_names(model, optimizer))}
+    return model_sd, {'state': {index[k]: v for k, v in optim_sd['state'].items()},
+                      'param_groups': [dict(g, params=[index[n] for n in g['params']])
+                                       for g in optim_sd['param_groups']]}
+
+
+def load_full_optimizer_state(model, optimizer, optim_sd):
+    """Load a plain (numbered) optimizer state dict, as in any ckpt.pt, into the optimizer of an
+    FSDP model: each rank keeps the shards of its own parameters."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    names = optimizer_param_names(model, optimizer)
+
+    def name(k):  # numbered by a plain optimizer, or already named
+        return names[k] if isinstance(k, int) else k
+    named = {'state': {name(k): v for k, v in optim_sd['state'].items()},
+             'param_groups': [dict(g, params=[name(k) for k in g['params']]) for g in optim_sd['param_groups']]}
+    set_optimizer_state_dict(model, optimizer, named, options=StateDictOptions(full_state_dict=True))
