@@ -106,6 +106,23 @@ def fetch(url, path, sha256=None, size=None, local_copies=()):
     return path
 
 
+TINY_SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+TINY_SHAKESPEARE_SHA256 = '86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed'
+TINY_SHAKESPEARE_SIZE = 1115394  # characters and bytes: the corpus is ASCII
+
+
+def fetch_tiny_shakespeare(path, user_copy=None):
+    """The char-rnn tiny shakespeare input.txt at `path`, verified. Before downloading, looks at
+    `user_copy` (--input), the other shakespeare dataset folders, and a shared data folder beside
+    the project (where machines without internet keep a copy)."""
+    here = os.path.dirname(os.path.abspath(path))
+    copies = ((user_copy,) if user_copy else ()) + tuple(
+        os.path.join(DATA_DIR, d, 'input.txt') for d in ('shakespeare_char', 'shakespeare')
+        if os.path.join(DATA_DIR, d) != here) + (
+        os.path.join(DATA_DIR, '..', '..', 'shared', 'data', 'tinyshakespeare', 'input.txt'),)
+    return fetch(TINY_SHAKESPEARE_URL, path, TINY_SHAKESPEARE_SHA256, TINY_SHAKESPEARE_SIZE, local_copies=copies)
+
+
 def read_text(path):
     try:
         with open(path, 'r', encoding='utf-8') as f:

@@ -19,14 +19,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # data/, for the shared helpers
-from prepare_text import PrepareError, atomic_write, fetch, read_text, run  # noqa: E402
+from prepare_text import PrepareError, atomic_write, fetch_tiny_shakespeare, read_text, run  # noqa: E402
 
-URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
-SHA256 = '86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed'
-SIZE = 1115394
-# places a copy may already be: the character variant's folder, and a shared data folder beside the project
-LOCAL_COPIES = (os.path.join(HERE, '..', 'shakespeare_char', 'input.txt'),
-                os.path.join(HERE, '..', '..', '..', 'shared', 'data', 'tinyshakespeare', 'input.txt'))
 
 
 def encode_split(text, val_fraction=0.1):
@@ -52,7 +46,7 @@ def main(argv=None):
     out_dir = os.path.abspath(args.dest) if args.dest else HERE
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, 'input.txt')
-    fetch(URL, path, SHA256, SIZE, local_copies=((args.input,) if args.input else ()) + LOCAL_COPIES)
+    fetch_tiny_shakespeare(path, args.input)
     train_ids, val_ids = encode_split(read_text(path))
     print(f"train has {len(train_ids):,} tokens")
     print(f"val has {len(val_ids):,} tokens")

@@ -14,14 +14,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # data/, for the shared helpers
-from prepare_text import fetch, prepare_text, read_text, run  # noqa: E402
-
-URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
-SHA256 = '86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed'
-SIZE = 1115394
-# places a copy may already be: the BPE variant's folder, and a shared data folder beside the project
-LOCAL_COPIES = (os.path.join(HERE, '..', 'shakespeare', 'input.txt'),
-                os.path.join(HERE, '..', '..', '..', 'shared', 'data', 'tinyshakespeare', 'input.txt'))
+from prepare_text import fetch_tiny_shakespeare, prepare_text, read_text, run  # noqa: E402
 
 
 def main(argv=None):
@@ -29,10 +22,9 @@ def main(argv=None):
     p.add_argument('--input', help="a local copy of tiny shakespeare's input.txt")
     args = p.parse_args(argv)
     path = os.path.join(HERE, 'input.txt')
-    copies = ((args.input,) if args.input else ()) + LOCAL_COPIES
     if args.input and not os.path.isfile(args.input):
         raise SystemExit(f"error: --input file not found: {args.input}")
-    fetch(URL, path, SHA256, SIZE, local_copies=copies)
+    fetch_tiny_shakespeare(path, args.input)
     prepare_text(read_text(path), HERE)
 
 
