@@ -421,9 +421,12 @@ def train(c):
     stop = {'signal': None}
 
     def on_signal(signum, frame):
-        if stop['signal'] is not None:
+        if stop['signal'] is None:
+            stop['signal'], stop['at'] = signum, time.monotonic()
+        elif not (ddp and time.monotonic() - stop['at'] < 1.0):
+            # under torchrun a terminal's Ctrl-C reaches every rank and torchrun forwards it again:
+            # a repeat within a second is that echo, not a request to abort the save
             raise KeyboardInterrupt
-        stop['signal'] = signum
 
     old_handlers = {}
     import threading
