@@ -69,6 +69,48 @@ def resolve_device(device):
     return device
 
 
+def init_distributed(c):
+    """Under torchrun (which sets RANK, LOCAL_RANK, WORLD_SIZE): pick this rank's device in c.device
+    (cuda:LOCAL_RANK, or CPU threads shared between the local ranks), check the backend and join the
+    process group. Returns (ddp, rank, world_size, master); outside torchrun (False, 0, 1, True)."""
+    ddp = int(os.environ.get('RANK', -1)) != -1
+    if ddp:
+        from torch.distributed import init_process_group
+        rank, local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
+        world_size = int(os.environ['WORLD_SIZE'])
+        local_world = int(os.environ.get('LOCAL_WORLD_SIZE', world_size))
+        if c.device == 'auto':  # never MPS: no torch.distributed backend works with MPS tensors
+            c.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+        if c.device.startswith('mps'):
+            raise UserError("torchrun cannot train on MPS (no distributed backend supports it): "
+                            "use --device=cpu, or run train.py without torchrun")
+        if c.device.startswith('cuda'):
+            if local_rank >= torch.cuda.device_count():
+                raise UserError(f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()} "
+                                f"CUDA device(s); use --nproc_per_node={torch.cuda.device_count()} or fewer")
+            c.device = f'cuda:{local_rank}'  # one GPU per local rank, whatever cuda:N was asked for
+            torch.cuda.set_device(c.device)
+        elif os.environ.get('OMP_NUM_THREADS', '1') == '1':
+            # torchrun sets OMP_NUM_THREADS=1 unless the user chose a value: that leaves most cores
+            # idle, while torch's own default (all cores in every rank) oversubscribes them, so the
+            # cores this process may use are split between the local ranks
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+            torch.set_num_threads(max(1, cores // local_world))
+        be = c.backend if c.backend != 'auto' else ('nccl' if c.device.startswith('cuda') else 'gloo')
+        if be not in ('nccl', 'gloo', 'mpi', 'ucc', 'xccl'):
+            raise UserError(f"unknown backend {be!r}: use auto, nccl (CUDA) or gloo (CPU)")
+        if be == 'nccl' and not c.device.startswith('cuda'):
+            raise UserError("backend nccl needs CUDA GPUs: use --backend=gloo (or auto) on CPU")
+        init_process_group(backend=be)
+        master = rank == 0
+    else:
+        rank, world_size, master = 0, 1, True
+        if c.fsdp:
+            warn_once("fsdp=True shards the model across torchrun processes; a single process "
+                             "trains unsharded (launch with torchrun --nproc_per_node=N)")
+    return ddp, rank, world_size, master
+
+
 def device_type_of(device):
     return 'cuda' if 'cuda' in device else 'mps' if 'mps' in device else 'cpu'
 

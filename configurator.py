@@ -89,3 +89,22 @@ def apply_overrides(defaults, argv, verbose=True):
             print(f"Overriding: {key} = {value!r}")
         config[key] = value
     return config
+
+
+def given_settings(argv, known):
+    """The settings that argv sets, by --key=value or in a config file, whatever their value:
+    on resume these win over the checkpoint's stored config, even where they equal the defaults.
+    Called after apply_overrides has checked the arguments and found the files."""
+    given = set()
+    for arg in argv:
+        if arg.startswith('--'):
+            given.add(arg[2:].partition('=')[0])
+            continue
+        path = _find_config_file(arg)
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+                for target in getattr(node, 'targets', None) or [node.target]:
+                    given.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+    return given & set(known)

@@ -14,7 +14,6 @@ and when the run is interrupted (Ctrl-C, SIGTERM). init_from='resume' continues 
 the two and reproduces the uninterrupted run exactly.
 """
 
-import ast
 import json
 import math
 import os
@@ -30,7 +29,7 @@ import common
 from common import UserError
 from checkpoint import ARCH_KEYS, find_resume_checkpoint, fit_optimizer_state, full_sharded_state, load_full_optimizer_state, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dataset import Batches, dataset_dir, load_meta, open_split
-from configurator import _check_type, apply_overrides
+from configurator import _check_type, apply_overrides, given_settings
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------------------------
@@ -128,25 +127,6 @@ def get_lr(it, c):
     return c.min_lr + coeff * (c.learning_rate - c.min_lr)
 
 
-def given_settings(argv):
-    """The settings that argv sets, by --key=value or in a config file, whatever their value:
-    on resume these win over the checkpoint's stored config, even where they equal the defaults.
-    Called after apply_overrides has checked the arguments and found the files."""
-    given = set()
-    for arg in argv:
-        if arg.startswith('--'):
-            given.add(arg[2:].partition('=')[0])
-            continue
-        path = arg if os.path.isfile(arg) else os.path.join(common.PROJECT_DIR, arg)
-        with open(path) as f:
-            tree = ast.parse(f.read())
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
-                for target in getattr(node, 'targets', None) or [node.target]:
-                    given.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
-    return given & set(DEFAULTS)
-
-
 def resolve_resume_config(c, ckpt):
     """Settings not given on the command line (or in a config file) come from the checkpoint's
     stored config; architecture settings that were given must agree with the checkpoint."""
@@ -180,42 +160,7 @@ def resolve_resume_config(c, ckpt):
 def train(c):
     """Run training with settings `c` (a namespace of DEFAULTS' keys); returns a summary dict."""
     check_config(c)
-    # ---- distributed setup (torchrun sets RANK, LOCAL_RANK, WORLD_SIZE) ----
-    ddp = int(os.environ.get('RANK', -1)) != -1
-    if ddp:
-        from torch.distributed import init_process_group
-        rank, local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
-        world_size = int(os.environ['WORLD_SIZE'])
-        local_world = int(os.environ.get('LOCAL_WORLD_SIZE', world_size))
-        if c.device == 'auto':  # never MPS: no torch.distributed backend works with MPS tensors
-            c.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-        if c.device.startswith('mps'):
-            raise UserError("torchrun cannot train on MPS (no distributed backend supports it): "
-                            "use --device=cpu, or run train.py without torchrun")
-        if c.device.startswith('cuda'):
-            if local_rank >= torch.cuda.device_count():
-                raise UserError(f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()} "
-                                f"CUDA device(s); use --nproc_per_node={torch.cuda.device_count()} or fewer")
-            c.device = f'cuda:{local_rank}'  # one GPU per local rank, whatever cuda:N was asked for
-            torch.cuda.set_device(c.device)
-        elif os.environ.get('OMP_NUM_THREADS', '1') == '1':
-            # torchrun sets OMP_NUM_THREADS=1 unless the user chose a value: that leaves most cores
-            # idle, while torch's own default (all cores in every rank) oversubscribes them, so the
-            # cores this process may use are split between the local ranks
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-            torch.set_num_threads(max(1, cores // local_world))
-        be = c.backend if c.backend != 'auto' else ('nccl' if c.device.startswith('cuda') else 'gloo')
-        if be not in ('nccl', 'gloo', 'mpi', 'ucc', 'xccl'):
-            raise UserError(f"unknown backend {be!r}: use auto, nccl (CUDA) or gloo (CPU)")
-        if be == 'nccl' and not c.device.startswith('cuda'):
-            raise UserError("backend nccl needs CUDA GPUs: use --backend=gloo (or auto) on CPU")
-        init_process_group(backend=be)
-        master = rank == 0
-    else:
-        rank, world_size, master = 0, 1, True
-        if c.fsdp:
-            common.warn_once("fsdp=True shards the model across torchrun processes; a single process "
-                             "trains unsharded (launch with torchrun --nproc_per_node=N)")
+    ddp, rank, world_size, master = common.init_distributed(c)
     if not master:
         sys.stdout = open(os.devnull, 'w')  # rank 0 alone prints
     c.device = common.resolve_device(c.device)
@@ -561,7 +506,7 @@ def main(argv=None):
         sys.stdout = open(os.devnull, 'w')  # under torchrun rank 0 alone prints, settings included
     argv = sys.argv[1:] if argv is None else argv
     c = SimpleNamespace(**apply_overrides(DEFAULTS, argv))
-    c._given = given_settings(argv)  # what a resume keeps instead of the checkpoint's config
+    c._given = given_settings(argv, DEFAULTS)  # what a resume keeps instead of the checkpoint's config
     try:
         summary = train(c)
     finally:

@@ -118,7 +118,7 @@ def test_second_signal_stops_at_once(char_dataset, tmp_path, monkeypatch):
 def test_given_settings_include_config_file_assignments(tmp_path):
     cfg = tmp_path / 'cfg.py'
     cfg.write_text("import math\nbatch_size = 4\nn_layer, n_head = 2, 2\nnot_a_setting = 1\nmax_iters += 0\n")
-    assert train.given_settings([str(cfg), '--dropout=0.0']) == {'batch_size', 'n_layer', 'n_head', 'max_iters',
+    assert train.given_settings([str(cfg), '--dropout=0.0'], train.DEFAULTS) == {'batch_size', 'n_layer', 'n_head', 'max_iters',
                                                                  'dropout'}
 
 
