@@ -40,6 +40,7 @@ import common
 from common import UserError
 from checkpoint import clean_state_dict, load_checkpoint
 from configurator import apply_overrides
+from model import CONV1D_WEIGHTS
 
 out_dir = 'out'
 hf_dir = ''
@@ -58,8 +59,6 @@ ENCODER_JSON = ('https://openaipublic.blob.core.windows.net/gpt-2/encodings/main
                 '196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783')
 VOCAB_BPE = ('https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe',
              '1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5')
-# Conv1D modules in Hugging Face's GPT-2 store the transpose of an nn.Linear weight
-TRANSPOSED = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 
 
 def import_transformers():
@@ -96,7 +95,7 @@ def convert_state_dict(state_dict, model_args, hf_sd):
     for k, target in hf_sd.items():
         if k in state_dict:
             v = state_dict[k]
-            if k.endswith(TRANSPOSED):
+            if k.endswith(CONV1D_WEIGHTS):  # stored transposed by Hugging Face's Conv1D
                 v = v.t()
             if k in ('transformer.wte.weight', 'lm_head.weight'):
                 v = v[:GPT2_VOCAB]  # drop the padding rows of a 50304 vocabulary

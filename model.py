@@ -23,6 +23,11 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 
+# GPT-2 checkpoints (OpenAI's, Hugging Face's) store these as Conv1D weights, the transpose of
+# nn.Linear's: from_pretrained and export_hf.py transpose them on the way in and out.
+CONV1D_WEIGHTS = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 1024
@@ -291,11 +296,9 @@ class GPT(nn.Module):
         if set(sd_hf) != set(sd):
             raise ValueError(f"{model_type!r}: checkpoint keys do not match GPT-2's, e.g. "
                              f"{sorted(set(sd_hf) ^ set(sd))[:3]}")
-        # OpenAI's checkpoints use Conv1D, whose weight is the transpose of nn.Linear's
-        transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
         with torch.no_grad():
             for k, v in sd_hf.items():
-                v = v.t() if k.endswith(transposed) else v
+                v = v.t() if k.endswith(CONV1D_WEIGHTS) else v
                 if v.shape != sd[k].shape:
                     raise ValueError(f"{model_type!r}: {k} has shape {tuple(v.shape)}, expected {tuple(sd[k].shape)}")
                 sd[k].copy_(v)

@@ -401,10 +401,14 @@ def train(c):
             for group in optimizer.param_groups:
                 group['lr'] = lr
             want_stop = stop['signal'] is not None
-            if ddp:  # every rank must stop at the same iteration
-                flag = torch.tensor([float(want_stop)], device=c.device)
-                dist.all_reduce(flag)
-                want_stop = flag.item() > 0
+            if ddp:
+                # every rank must stop at the same iteration; they agree at log_interval boundaries
+                # only, so a CUDA run does not pay a host sync for this every iteration
+                want_stop = False
+                if iter_num % c.log_interval == 0:
+                    flag = torch.tensor([float(stop['signal'] is not None)], device=c.device)
+                    dist.all_reduce(flag)
+                    want_stop = flag.item() > 0
             if want_stop:
                 save('last.pt', checkpoint_state())  # every rank takes part; rank 0 writes
                 print(f"stopped by signal at iter {iter_num}: training state saved to "
