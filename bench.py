@@ -17,13 +17,16 @@ accepted: the settings the training step has are used, the others (out_dir, max_
 import sys
 import time
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import torch
 
+import autotune
 import common
 import train
-from configurator import apply_overrides
+from configurator import apply_overrides, parse_argv
 from model import GPT, GPTConfig
+from optim import build_optimizer
 
 # -----------------------------------------------------------------------------------------------
 mode = 'train'  # 'train' or 'sample'
@@ -43,12 +46,14 @@ beta1 = 0.9
 beta2 = 0.99
 warmup = 2  # untimed iterations per setup (compilation happens here)
 iters = 10  # timed iterations per setup
-compare = False  # also time float32 eager with foreach AdamW (the original's CPU step); print the speed-up
-sweep = False  # also time float32 / bfloat16 x eager / compiled (fused AdamW) against float32 eager
+compare = False  # also time the original's step (float32 eager, foreach AdamW, torch's dropout); print the speed-up
+sweep = False  # also time float32 / bfloat16 x eager / compiled, and the other optimizer, against the original's step
 device = 'auto'
 dtype = 'auto'
 compile = 'auto'
 fused = 'auto'  # fused AdamW: auto (where torch has it), True or False
+optimizer = 'adamw'  # or 'muon' (see train.py); --sweep=True times the other one too
+muon_lr = 0.02
 peak_flops = 0.0  # FLOP/s that MFU compares against; 0 = GPU table or a measured matmul peak
 seed = 1337
 # sampling mode: the model shape above (10.65M shakespeare_char by default), then GPT-2 124M
@@ -68,18 +73,40 @@ def build_model(c, dev):
     return GPT(cfg).to(dev)
 
 
+class Setup(NamedTuple):
+    """One way to run the training step."""
+    dtype: str
+    compile: bool
+    fused: bool = True  # fused AdamW kernel (else foreach)
+    optimizer: str = 'adamw'
+    original: bool = False  # torch's own CPU dropout (bernoulli_ masks, SDPA's math path), as nanoGPT
+
+
+ORIGINAL = Setup('float32', False, fused=False, original=True)  # the original's step on a CPU
+
+
 class TrainStep:
     """One setup of the training step: a model, its optimizer and fixed random batches."""
 
-    def __init__(self, c, dev, dtype, compile_, fused):
+    def __init__(self, c, dev, setup):
         device_type = common.device_type_of(dev)
-        self.c, self.dtype, self.compile, self.fused = c, dtype, compile_, fused
+        self.c, self.setup = c, setup
         self.model = build_model(c, dev)
-        self.optimizer = self.model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2),
-                                                         device_type, fused=fused)
-        self.fused = self.optimizer.defaults.get('fused') is True
-        self.fwd = common.compile_model(self.model) if compile_ else self.model
-        self.ctx = common.autocast_ctx(device_type, dtype)
+        if setup.original:
+            for m in self.model.modules():
+                if hasattr(m, 'masks'):
+                    m.masks = None
+        oc = SimpleNamespace(optimizer=setup.optimizer, learning_rate=c.learning_rate, muon_lr=c.muon_lr,
+                             muon_momentum=0.95, weight_decay=c.weight_decay, beta1=c.beta1, beta2=c.beta2)
+        if setup.optimizer == 'adamw':
+            self.optimizer = self.model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2),
+                                                             device_type, fused=setup.fused)
+            self.fused = self.optimizer.defaults.get('fused') is True
+        else:
+            self.optimizer = build_optimizer(self.model, oc, device_type)
+            self.fused = True
+        self.fwd = common.compile_model(self.model) if setup.compile else self.model
+        self.ctx = common.autocast_ctx(device_type, setup.dtype)
         g = torch.Generator().manual_seed(c.seed)
         shape = (c.gradient_accumulation_steps, c.batch_size, c.block_size)
         self.x = torch.randint(c.vocab_size, shape, generator=g).to(dev)
@@ -88,8 +115,11 @@ class TrainStep:
 
     @property
     def name(self):
-        compiled = self.compile and not getattr(self.fwd, '_eager', False)  # False after a fallback
-        return f"{self.dtype} {'compiled' if compiled else 'eager'} {'fused' if self.fused else 'foreach'}"
+        s = self.setup
+        compiled = s.compile and not getattr(self.fwd, '_eager', False)  # False after a fallback
+        opt = 'Muon' if s.optimizer == 'muon' else 'fused' if self.fused else 'foreach'
+        drop = ', torch dropout' if s.original and self.c.dropout > 0 else ''
+        return f"{s.dtype} {'compiled' if compiled else 'eager'} {opt}{drop}"
 
     def step(self):
         """One optimizer step; returns the seconds it took, the device waited for."""
@@ -109,18 +139,18 @@ class TrainStep:
     def report(self, dev, peak_override):
         dt = sorted(self.times)[len(self.times) // 2]
         tok_s = self.c.gradient_accumulation_steps * self.c.batch_size * self.c.block_size / dt
-        peak, src = common.peak_flops(dev, self.dtype, peak_override)
+        peak, src = common.peak_flops(dev, self.setup.dtype, peak_override)
         mfu = self.model.estimate_mfu(self.c.batch_size * self.c.gradient_accumulation_steps, dt, peak)
-        return dict(name=self.name, dtype=self.dtype, compile=self.compile, fused=self.fused, dt=dt,
-                    tok_s=tok_s, mfu=mfu, peak=peak, peak_src=src, warmup_s=self.warmup_s)
+        return dict(name=self.name, setup=self.setup, dt=dt, tok_s=tok_s, mfu=mfu, peak=peak, peak_src=src,
+                    warmup_s=self.warmup_s)
 
 
 def bench_train(c, dev, setups):
-    """Median seconds per training iteration of each (dtype, compile, fused) setup: warm-up
-    (and compilation) first, then the timed iterations interleaved across setups."""
+    """Median seconds per training iteration of each setup: warm-up (and compilation) first,
+    then the timed iterations interleaved across setups."""
     steps = []
-    for dtype, compile_, fused in setups:
-        st = TrainStep(c, dev, dtype, compile_, fused)
+    for setup in setups:
+        st = TrainStep(c, dev, setup)
         t0 = time.perf_counter()
         for _ in range(c.warmup):
             st.step()
@@ -133,16 +163,36 @@ def bench_train(c, dev, setups):
     return [st.report(dev, c.peak_flops) for st in steps]
 
 
+def chosen_setup(c, dev, device_type):
+    """What train.py would run with these settings: dtype and compile measured on a CPU
+    (autotune.py, for a run of the config file's max_iters or time_budget), by rule elsewhere."""
+    if device_type == 'cpu' and 'auto' in (c.dtype, c.compile):
+        fixed = common.resolve_dtype(c.dtype, device_type) if c.dtype != 'auto' else 'auto'
+        why_not = common.compile_unavailable(device_type)
+        compile_ = False if (why_not and c.compile is True) else c.compile
+        steps = (c.run_iters + 1) * c.gradient_accumulation_steps
+        dtype, compile_, _ = autotune.choose(build_model(c, dev), c.batch_size, fixed, compile_, steps,
+                                             c.run_budget or None, not why_not)
+    else:
+        dtype = common.resolve_dtype(c.dtype, device_type, device=dev)
+        compile_ = common.resolve_compile(c.compile, device_type)
+    fused = device_type in ('cpu', 'cuda') if c.fused == 'auto' else c.fused  # as configure_optimizers
+    return Setup(dtype, compile_, fused, c.optimizer)
+
+
 def parse_settings(argv):
-    """bench.py settings from config files and --key=value. Config files may be train.py's: the
-    settings bench.py lacks are ignored there (on the command line they are still errors)."""
-    files = [a for a in argv if not a.startswith('--')]
-    flags = [a for a in argv if a.startswith('--')]
+    """bench.py settings from config files and --key=value / --key value. Config files may be
+    train.py's: the settings bench.py lacks are ignored there (on the command line they are still errors)."""
+    items = parse_argv(argv)
+    files = [item for item in items if isinstance(item, str)]
+    flags = [item for item in items if not isinstance(item, str)]
     from_files = apply_overrides({**train.DEFAULTS, **DEFAULTS}, files, verbose=False)
     settings = {k: from_files[k] for k in DEFAULTS}
-    from_flags = apply_overrides(DEFAULTS, flags, verbose=False)
-    for a in flags:
-        key = a[2:].partition('=')[0]
+    # how long the config file's run is, for the compile decision (not bench settings themselves)
+    settings.update(run_iters=from_files['max_iters'], run_budget=from_files['time_budget'])
+    from_flags = apply_overrides(DEFAULTS, [f'--{k}' if raw is None else f'--{k}={raw}' for k, raw in flags],
+                                 verbose=False)
+    for key, _ in flags:
         settings[key] = from_flags[key]
     return SimpleNamespace(**settings)
 
@@ -156,7 +206,7 @@ def bench_sample(c, dev, shape, max_new_tokens):
     torch.manual_seed(c.seed)
     cfg = GPTConfig(dropout=0.0, **shape)
     model = GPT(cfg).to(dev).eval()
-    dtype = common.resolve_dtype(c.dtype, device_type, cfg.n_embd)  # what sample.py would pick
+    dtype = common.resolve_dtype(c.dtype, device_type, device=dev)  # what sample.py would pick
     ctx = common.autocast_ctx(device_type, dtype)
     x = torch.randint(cfg.vocab_size, (1, c.prompt_len), generator=torch.Generator().manual_seed(c.seed)).to(dev)
     seconds = {False: 0.0, True: 0.0}
@@ -220,36 +270,38 @@ def main(argv=None):
         raise common.UserError(f"iters must be at least 1 and warmup 0 or more, got {c.iters} and {c.warmup}")
     if c.fused not in ('auto', True, False):
         raise common.UserError(f"fused must be True, False or auto, got {c.fused!r}")
+    if c.optimizer not in ('adamw', 'muon'):
+        raise common.UserError(f"unknown optimizer {c.optimizer!r}: use adamw or muon")
     torch.backends.cuda.matmul.allow_tf32 = True  # as train.py
     torch.backends.cudnn.allow_tf32 = True
-    dtype = common.resolve_dtype(c.dtype, device_type, c.n_embd)
     with torch.device('meta'):  # the FLOPs of one iteration, without allocating the model
         flops = build_model(c, 'meta').estimate_mfu(c.batch_size * c.gradient_accumulation_steps, 1.0, 1.0)
-    compile_ = common.resolve_compile(c.compile, device_type, flops_per_iter=flops, dtype=dtype)
-    fused = device_type in ('cpu', 'cuda') if c.fused == 'auto' else c.fused  # as configure_optimizers
-    setups = [(dtype, compile_, fused)]
+    chosen = chosen_setup(c, dev, device_type)
+    setups = [chosen]
     if c.compare or c.sweep:
-        setups.insert(0, ('float32', False, False))  # the original's step on CPU: no fused AdamW
+        setups.insert(0, ORIGINAL if device_type == 'cpu' else Setup('float32', False, chosen.fused))
     if c.sweep:
-        # the optimizer step is never compiled, so fused vs foreach is compared eager only
-        for d in dict.fromkeys(['float32', dtype] + (['bfloat16'] if device_type == 'cpu' else [])):
-            for comp in ([False, True] if not common.compile_unavailable(device_type) else [False]):
-                if (d, comp, True) not in setups:
-                    setups.append((d, comp, True))
+        can_compile = not common.compile_unavailable(device_type)
+        for d in dict.fromkeys(['float32', chosen.dtype] + (['bfloat16'] if common.cpu_has_bf16_units() else [])):
+            for comp in ([False, True] if can_compile else [False]):
+                setups.append(Setup(d, comp, chosen.fused, c.optimizer))
+        other = 'muon' if c.optimizer == 'adamw' else 'adamw'
+        setups.append(chosen._replace(optimizer=other))
+        setups = list(dict.fromkeys(setups))  # each once, in order
     print(f"training step: {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads, batch "
           f"{c.batch_size} x {c.gradient_accumulation_steps} of {c.block_size} tokens, "
           f"{flops / 1e9:.3g} GFLOP/iter; {c.warmup} warm-up + {c.iters} timed iterations per setup")
     results = bench_train(c, dev, setups)
     base = results[0]['dt'] if c.compare or c.sweep else None
-    chosen = results[1] if base else results[0]
+    chosen = next(r for r in results if r['setup'] == chosen)
     for r in results:
         tag = ' <- chosen' if r is chosen else ''
         ratio = f", {base / r['dt']:.2f}x" if base else ''
-        print(f"{r['name']:<26} {r['dt'] * 1000:9.1f} ms/iter{ratio}, {r['tok_s']:>9,.0f} tok/s, "
+        print(f"{r['name']:<40} {r['dt'] * 1000:9.1f} ms/iter{ratio}, {r['tok_s']:>9,.0f} tok/s, "
               f"mfu {r['mfu'] * 100:5.2f}% of {r['peak'] / 1e12:.3g} TFLOP/s ({r['peak_src']}), "
               f"warm-up {r['warmup_s']:.1f}s{tag}")
     if base:
-        print(f"speed-up of the chosen settings ({chosen['name']}) over float32 eager: "
+        print(f"speed-up of the chosen settings ({chosen['name']}) over {results[0]['name']}: "
               f"{base / chosen['dt']:.2f}x")
     return results
 

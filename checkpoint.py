@@ -82,6 +82,23 @@ def save_checkpoint(obj, path):
         pass
 
 
+def _unreadable(path, e):
+    """The one line for a file torch.load cannot read that names no code: text, random bytes, an
+    empty file (not a checkpoint at all) or a damaged zip archive (torch.save's format)."""
+    detail = re.search(r'WeightsUnpickler error:\s*(.+)', str(e))  # past torch's generic preamble
+    detail = detail.group(1) if detail else (str(e).strip().splitlines() or [''])[0]
+    reason = f"{type(e).__name__}: {detail[:200]}" if detail else type(e).__name__
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(16)
+    except OSError:
+        return f"{path} cannot be read: {reason}"
+    if head.startswith(b'PK'):
+        return f"{path} is not a loadable checkpoint (truncated or corrupt?): {reason}"
+    what = 'the file is empty' if not head else f"it starts with {head!r}, not the b'PK' of torch.save's zip archive"
+    return f"{path} is not a checkpoint ({what}): {reason}"
+
+
 def load_checkpoint(path, device='cpu'):
     """Load a ckpt.pt with weights_only=True, with one-line errors. weights_only rebuilds only
     tensors and plain Python values: a checkpoint naming any other class or function (the way a
@@ -96,14 +113,13 @@ def load_checkpoint(path, device='cpu'):
                         f"python train.py config/train_shakespeare_char.py")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        named = re.search(r'GLOBAL (\S+)', str(e))
-        raise UserError(f"refusing to load {path}: it holds a pickled Python object "
-                        f"({named.group(1) if named else 'not a tensor or plain value'}) that could run "
-                        f"code when loaded; only checkpoints of tensors and plain values are accepted") from None
     except Exception as e:
-        raise UserError(f"{path} is not a loadable checkpoint (truncated or corrupt?): "
-                        f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+        named = re.search(r'GLOBAL (\S+)', str(e))  # weights_only refused a class or function the file names
+        if isinstance(e, pickle.UnpicklingError) and named:
+            raise UserError(f"refusing to load {path}: it holds a pickled Python object ({named.group(1)}) that "
+                            f"could run code when loaded; only checkpoints of tensors and plain values are "
+                            f"accepted") from None
+        raise UserError(_unreadable(path, e)) from None
     if not isinstance(ckpt, dict) or not {'model', 'model_args'} <= set(ckpt):
         raise UserError(f"{path} is not a nanoGPT checkpoint: it lacks the 'model' and 'model_args' keys")
     return ckpt
@@ -149,19 +165,21 @@ def model_from_checkpoint(ckpt, **override):
     return model
 
 
-def rng_state(batches, device_type):
+def rng_state(batches, device_type, device='cuda'):
+    """The random streams a resume restores. The CUDA one is that of `device` (cuda:N), named
+    explicitly: torch.cuda.get_rng_state() alone reads the current device's."""
     state = {'cpu': batches.rng_before_train}
     if device_type == 'cuda':
-        state['cuda'] = torch.cuda.get_rng_state()
+        state['cuda'] = torch.cuda.get_rng_state(device)
     elif device_type == 'mps':
         state['mps'] = torch.mps.get_rng_state()
     return state
 
 
-def set_rng_state(state, device_type):
+def set_rng_state(state, device_type, device='cuda'):
     torch.set_rng_state(state['cpu'])
     if device_type == 'cuda' and 'cuda' in state:
-        torch.cuda.set_rng_state(state['cuda'])
+        torch.cuda.set_rng_state(state['cuda'], device)
     elif device_type == 'mps' and 'mps' in state:
         torch.mps.set_rng_state(state['mps'])
 

@@ -6,9 +6,11 @@ the peak FLOP/s that MFU is measured against. Nothing here runs at import time.
 
 import importlib.util
 import os
+import re
 import shutil
 import sys
 import time
+import weakref
 from contextlib import nullcontext
 
 import torch
@@ -64,6 +66,10 @@ def resolve_device(device):
         if index and int(index) >= torch.cuda.device_count():
             raise UserError(f"device {device!r} does not exist: this machine has "
                             f"{torch.cuda.device_count()} CUDA device(s)")
+        if index:
+            # torch's own current-device calls (the random state, bf16 support, tf32, kernels that
+            # read the current stream) then mean the chosen GPU, and no context opens on cuda:0
+            torch.cuda.set_device(device)
     if kind == 'mps' and not mps_available():
         raise UserError(f"device {device!r} requested but MPS is not available here: use --device=cpu")
     return device
@@ -75,7 +81,6 @@ def init_distributed(c):
     process group. Returns (ddp, rank, world_size, master); outside torchrun (False, 0, 1, True)."""
     ddp = int(os.environ.get('RANK', -1)) != -1
     if ddp:
-        from torch.distributed import init_process_group
         rank, local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
         world_size = int(os.environ['WORLD_SIZE'])
         local_world = int(os.environ.get('LOCAL_WORLD_SIZE', world_size))
@@ -101,7 +106,7 @@ def init_distributed(c):
             raise UserError(f"unknown backend {be!r}: use auto, nccl (CUDA) or gloo (CPU)")
         if be == 'nccl' and not c.device.startswith('cuda'):
             raise UserError("backend nccl needs CUDA GPUs: use --backend=gloo (or auto) on CPU")
-        init_process_group(backend=be)
+        init_process_group(be)
         master = rank == 0
     else:
         rank, world_size, master = 0, 1, True
@@ -109,6 +114,75 @@ def init_distributed(c):
             warn_once("fsdp=True shards the model across torchrun processes; a single process "
                              "trains unsharded (launch with torchrun --nproc_per_node=N)")
     return ddp, rank, world_size, master
+
+
+# Process 0 writes and fsyncs each checkpoint while the others wait in their next collective; for
+# gpt2-xl that is ~18 GB, which on slow storage can outlast NCCL's default timeout (10 minutes)
+# and kill the job. An hour covers it; a process that hangs holds the others that long.
+PROCESS_GROUP_TIMEOUT_MINUTES = 60
+
+# torch modules that bind the default process group as a default argument value when they are
+# first imported (torch.distributed.nn.functional: `def broadcast(tensor, src, group=group.WORLD)`).
+# DDP and FSDP import them lazily; imported after init_process_group they would keep the group
+# alive for good, so destroy_process_group could never free it (see shutdown_distributed).
+# Imported before, they bind None.
+_GROUP_BINDING_MODULES = ('torch.distributed.nn.functional',)
+
+
+def init_process_group(backend):
+    """Join torchrun's process group (RANK, WORLD_SIZE, MASTER_ADDR from the environment), with
+    the timeout that fits checkpoint writes; shutdown_distributed() is its counterpart."""
+    import datetime
+    import torch.distributed as dist
+    for name in _GROUP_BINDING_MODULES:
+        importlib.import_module(name)
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=PROCESS_GROUP_TIMEOUT_MINUTES))
+
+
+def shutdown_distributed():
+    """Destroy the process group, if any, so that its threads end while Python is still whole.
+
+    Call it once nothing uses the DDP or FSDP model any more: their reducer and sharding state
+    hold the group, and so does FSDP's mesh, which DTensor's caches keep for good (its registry of
+    groups is emptied here). A collective launched during backward (DDP's gradient all-reduce,
+    FSDP's reduce-scatter) carries a Python object (autograd's contextvars context) in its
+    thread-local state, and the gloo worker thread that ran it frees it afterwards, which needs
+    the GIL. If the interpreter is finalizing by then, taking the GIL ends the thread inside a
+    C++ destructor: "terminate called without an active exception", SIGABRT at exit after a
+    successful run (the abort discussed in pytorch/pytorch#190489). When this call frees the
+    group, its destructor (which releases the GIL) joins those threads first. Freed later by the
+    last DDP reducer instead, it would join them holding the GIL: a deadlock if one waits for it."""
+    import gc
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()  # DDP and FSDP objects sit in reference cycles: free them before the group
+    for ref in _meshes:
+        mesh = ref()  # alive in DTensor's caches (sharding propagation, redistribution plans)
+        if mesh is not None and isinstance(getattr(mesh, '_pg_registry', None), dict):
+            mesh._pg_registry.clear()
+    _meshes.clear()
+    dist.destroy_process_group()
+
+
+_meshes = []  # weak references to the meshes shard_model made
+
+
+def shard_model(model, device_type):
+    """FSDP2 over all processes: each transformer block one unit, gathered only while it runs, then
+    the whole model (the root unit: embeddings, tied lm_head, final LayerNorm). The mesh is built
+    for the device training runs on: without mesh=, fully_shard builds one for the machine's
+    accelerator (cuda on a GPU machine run with --device=cpu, whose batches stay on the CPU; mps
+    on a Mac, where no backend works). Returns the mesh."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    _meshes.append(weakref.ref(mesh))  # for shutdown_distributed
+    for block in model.transformer.h:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return mesh
 
 
 def device_type_of(device):
@@ -133,21 +207,27 @@ def mps_autocast_supported():
         return False
 
 
-# On CPUs with bf16 units (AMX tiles, AVX512-BF16) a bf16 matmul runs several times faster than a
-# float32 one, but autocast also casts every weight and activation each step; for narrow models
-# those casts and the small, badly-shaped matmuls eat the gain. 256 keeps the original's 128-wide
-# CPU recipe in float32 and gives the 384-wide shakespeare_char model bf16.
-CPU_BF16_MIN_EMBD = 256
+def cuda_bf16_native(device=None):
+    """Whether the GPU `device` (cuda, cuda:N; None: the current one) computes in bfloat16
+    natively: NVIDIA compute capability 8.0 and later (Ampere on), and ROCm GPUs. Not
+    torch.cuda.is_bf16_supported(), which by default also says True for the T4, V100 and RTX
+    20xx that only emulate bf16 (slowly: no tensor cores, no flash attention, and inductor does
+    not compile it), and which asks about the current device, not the chosen one."""
+    if torch.version.hip:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
 
 
-def resolve_dtype(dtype, device_type, n_embd=None):
-    """'auto' -> the fastest dtype that trains as well as float32 on this device. Prints the
-    choice and the reason."""
+def resolve_dtype(dtype, device_type, device=None):
+    """'auto' -> mixed precision where the device has it natively (`device`: which GPU, e.g.
+    cuda:1; None means the current one); float32 on a CPU, where train.py and bench.py measure
+    instead (autotune.py) and sampling stays exact. Prints the choice and the reason."""
     if dtype != 'auto':
         if dtype not in PTDTYPES:
             raise UserError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
-        if dtype == 'bfloat16' and device_type == 'cuda' and not torch.cuda.is_bf16_supported():
-            raise UserError("this GPU has no bfloat16 support: use --dtype=float16")
+        if dtype == 'bfloat16' and device_type == 'cuda' and not cuda_bf16_native(device):
+            raise UserError("this GPU has no native bfloat16 (compute capability below 8.0: it would "
+                            "emulate it, slowly): use --dtype=float16")
         if dtype != 'float32' and device_type == 'mps' and not mps_autocast_supported():
             raise UserError(f"--dtype={dtype} needs autocast on MPS (torch 2.5+ on macOS 14+); "
                             f"this setup lacks it: use --dtype=float32")
@@ -159,17 +239,13 @@ def resolve_dtype(dtype, device_type, n_embd=None):
                       "and slower than float32")
         return dtype
     if device_type == 'cuda':
-        chosen, why = ('bfloat16', 'GPU supports bf16') if torch.cuda.is_bf16_supported() \
-            else ('float16', 'GPU lacks bf16; a gradient scaler is used')
+        chosen, why = ('bfloat16', 'GPU computes bf16 natively') if cuda_bf16_native(device) \
+            else ('float16', 'GPU lacks bf16 units (compute capability < 8.0); a gradient scaler is used')
     elif device_type == 'mps':
         chosen, why = ('bfloat16', 'MPS autocast with bf16 available') if mps_autocast_supported() \
             else ('float32', 'this torch/macOS has no bf16 autocast on MPS')
-    elif not cpu_has_bf16_units():
-        chosen, why = 'float32', 'CPU has no bf16 matrix units (AMX/AVX512-BF16), bf16 would be emulated'
-    elif n_embd is not None and n_embd < CPU_BF16_MIN_EMBD:
-        chosen, why = 'float32', f'model width {n_embd} < {CPU_BF16_MIN_EMBD}: bf16 casts cost more than they save'
     else:
-        chosen, why = 'bfloat16', 'CPU has bf16 matrix units'
+        chosen, why = 'float32', 'CPU: exact arithmetic, the original\'s numbers'
     print(f"using dtype: {chosen} (auto: {why})")
     return chosen
 
@@ -182,35 +258,17 @@ def has_cxx_compiler():
     return shutil.which(cxx) is not None
 
 
-# On CPU, inductor spends 30 s to minutes generating and compiling C++, and what it speeds up is
-# the elementwise work between the matmuls (fusing LayerNorm, GELU, dropout, residual adds);
-# MKL/oneDNN run the matmuls the same either way. In float32 the matmuls are nearly all of the
-# time: on a 2-core AVX2 EPYC compiling gave 0.97x (6x384 model) and 1.04x (4x128 recipe), i.e.
-# nothing (README, Speed). With bf16 units the matmuls get several times faster, the elementwise
-# share grows, and compiling pays once an iteration is big enough (the issue measured bf16 +
-# compile + fused AdamW at 2.7x float32 eager for the 6x384 model on an AMX Xeon); below
-# CPU_COMPILE_MIN_FLOPS per iteration (the 4x128 recipe does ~4 GFLOP) a whole training run is
-# too short to repay the compile time.
-CPU_COMPILE_MIN_FLOPS = 50e9
-
-
-def resolve_compile(compile, device_type, flops_per_iter=None, dtype=None):
-    """'auto' -> torch.compile where it is possible and pays: on CUDA; on CPU only for bf16
-    autocast (dtype) with at least CPU_COMPILE_MIN_FLOPS per iteration (flops_per_iter; None =
-    unknown). An explicit True that cannot work warns once and runs eager."""
+def resolve_compile(compile, device_type):
+    """'auto' -> torch.compile on CUDA (on a CPU train.py and bench.py measure instead, see
+    autotune.py; elsewhere 'auto' is eager). An explicit True that cannot work warns once and
+    runs eager."""
     if compile not in ('auto', True, False):
         raise UserError(f"compile must be True, False or auto, got {compile!r}")
     if compile is False:
         return False
     if compile == 'auto' and device_type == 'cpu':
-        if dtype == 'float32':
-            print("compile: False (auto: float32 on CPU is matmul-bound; compiling gains ~nothing and "
-                  "costs minutes)")
-            return False
-        if flops_per_iter is not None and flops_per_iter < CPU_COMPILE_MIN_FLOPS:
-            print(f"compile: False (auto: {flops_per_iter / 1e9:.3g} GFLOP/iter is too little work for "
-                  f"compiling to pay on CPU)")
-            return False
+        print("compile: False (auto: on a CPU only a measurement chooses compiling)")
+        return False
     why = compile_unavailable(device_type)
     if why:
         if compile == 'auto' and device_type == 'mps':
@@ -219,9 +277,7 @@ def resolve_compile(compile, device_type, flops_per_iter=None, dtype=None):
             warn_once(f"torch.compile unavailable ({why}); running eager")
         return False
     if compile == 'auto':
-        print("compile: True (auto: " + ('GPU' if device_type == 'cuda' else
-              f'{dtype or "mixed precision"} at {flops_per_iter / 1e9:.3g} GFLOP/iter repays compiling'
-              if flops_per_iter else 'C++ compiler found') + ")")
+        print("compile: True (auto: GPU)")
     return True
 
 
@@ -292,7 +348,7 @@ def autocast_ctx(device_type, dtype):
 
 # Dense (no sparsity) peak FLOP/s from NVIDIA's datasheets, SXM/flagship variants unless named:
 # (bf16/fp16 tensor core, tf32 tensor core, plain fp32). None: the card has no such unit (V100 and
-# T4 have no bf16 or tf32). Matched as a substring of the device name, longest name first.
+# T4 have no bf16 or tf32). A key matches whole words of the device name (see gpu_table_peak).
 GPU_PEAK_FLOPS = {
     'B200': (2250e12, 1100e12, 75e12),
     'H200 NVL': (835e12, 418e12, 60e12), 'H200': (989e12, 495e12, 67e12),
@@ -308,11 +364,27 @@ GPU_PEAK_FLOPS = {
 _measured_peak = {}
 
 
+# Words that make a card another model than its desktop namesake: "NVIDIA GeForce RTX 4090 Laptop
+# GPU" has about half the desktop card's peak. Such names are unknown unless the table names them.
+_GPU_VARIANT_WORDS = ('laptop', 'mobile')
+
+
+def _name_words(name):
+    """A GPU name as lower-case words of letters and digits: 'NVIDIA A100-SXM4-80GB' -> nvidia, a100, sxm4, 80gb."""
+    return re.findall(r'[a-z0-9]+', name.lower())
+
+
 def gpu_table_peak(name, dtype, tf32=True):
-    """Peak FLOP/s of a named GPU for dtype from GPU_PEAK_FLOPS, or None if unknown. float32
-    matmuls run on tf32 tensor cores when tf32 is allowed (train.py allows it)."""
+    """Peak FLOP/s of a named GPU for dtype from GPU_PEAK_FLOPS, or None if unknown. A key matches
+    consecutive whole words of the name, the longest key first: 'A40' is not "RTX A4000" and 'L4'
+    not "L40S"; 'H100 PCIe' wins over 'H100'. float32 matmuls run on tf32 tensor cores when tf32
+    is allowed (train.py allows it)."""
+    words = _name_words(name)
     for key in sorted(GPU_PEAK_FLOPS, key=len, reverse=True):
-        if key.lower() in name.lower():
+        kw = _name_words(key)
+        if any(v in words and v not in kw for v in _GPU_VARIANT_WORDS):
+            continue
+        if any(words[i:i + len(kw)] == kw for i in range(len(words) - len(kw) + 1)):
             half, tf32_peak, fp32 = GPU_PEAK_FLOPS[key]
             if dtype != 'float32':
                 return half
@@ -327,23 +399,40 @@ def _sync(device):
         torch.mps.synchronize()
 
 
-def measure_matmul_peak(device, dtype, n=1024, seconds=0.3):
-    """Best FLOP/s of an n x n matmul in dtype on this device over ~`seconds`, measured once per
-    run (cached). Uses its own generator: the global RNG, and so training, is untouched."""
+def matmul_peak_plan(device):
+    """(n, launches): how measure_matmul_peak times a device, n x n matmuls, `launches` of them
+    between two synchronisations. A GPU (cuda, which includes ROCm, or mps) runs a 1024-cubed
+    matmul in microseconds, about what one launch and one sync cost, so timing single launches
+    measures latency and the peak comes out several times too low (MFU above 100%): it gets a
+    batch of large ones. A CPU computes synchronously; 1024 keeps its measurement short."""
+    if device.startswith(('cuda', 'mps')):
+        return 4096, 20
+    return 1024, 1
+
+
+def measure_matmul_peak(device, dtype, seconds=0.3):
+    """Best FLOP/s of n x n matmuls in dtype on this device (matmul_peak_plan) over ~`seconds`,
+    measured once per run (cached). Uses its own generator: the global RNG, and so training, is
+    untouched."""
     key = (device, dtype)
     if key not in _measured_peak:
+        n, launches = matmul_peak_plan(device)
         g = torch.Generator(device=device).manual_seed(0)
         a = torch.randn(n, n, device=device, dtype=PTDTYPES[dtype], generator=g)
         b = torch.randn(n, n, device=device, dtype=PTDTYPES[dtype], generator=g)
-        a @ b  # warm-up: thread pools, kernel selection
-        _sync(device)
+        out = torch.empty(n, n, device=device, dtype=PTDTYPES[dtype])
+
+        def batch():
+            for _ in range(launches):
+                torch.matmul(a, b, out=out)
+            _sync(device)
+        batch()  # warm-up: thread pools, kernel selection, clocks
         best, t_end = 0.0, time.perf_counter() + seconds
         while True:
             t0 = time.perf_counter()
-            a @ b
-            _sync(device)
+            batch()
             t1 = time.perf_counter()
-            best = max(best, 2 * n ** 3 / max(t1 - t0, 1e-9))
+            best = max(best, launches * 2 * n ** 3 / max(t1 - t0, 1e-9))
             if t1 >= t_end:
                 break
         _measured_peak[key] = best

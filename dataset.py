@@ -160,13 +160,19 @@ class Batches:
         self.rng_before_train = torch.get_rng_state()
         return self.get('train')
 
-    def get(self, split):
+    def host_batch(self, split):
+        """(x, y) in CPU memory, each contiguous. Slices of the (B, T+1) windows would not be, and
+        pin_memory() keeps strides: the CUDA copy of a non-contiguous pinned tensor first goes
+        through a pageable contiguous temporary, which loses the asynchronous overlap."""
         data = self.data[split]
         ix = torch.randint(len(data) - self.c.block_size, (self.c.batch_size,))
         rows = torch.from_numpy(data[ix.numpy()[:, None] + self.offsets].astype(np.int64))  # (B, T+1)
-        x, y = rows[:, :-1], rows[:, 1:]
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+    def get(self, split):
+        x, y = self.host_batch(split)
         if self.device_type == 'cuda':
             # pinned host memory lets the copy overlap with compute
             return (x.pin_memory().to(self.device, non_blocking=True),
                     y.pin_memory().to(self.device, non_blocking=True))
-        return x.contiguous().to(self.device), y.contiguous().to(self.device)
+        return x.to(self.device), y.to(self.device)

@@ -18,6 +18,7 @@ This module is pure: no argv, no file I/O except GPT.from_pretrained, no import-
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
@@ -51,6 +52,68 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
+class MaskSource:
+    """Dropout masks for training on the CPU, from a fast generator.
+
+    torch's CPU dropout draws one Mersenne Twister float per element (bernoulli_): for the
+    shakespeare_char model that is 22% of a bfloat16 training step. Here numpy's SFC64 (a small
+    counter-based chaotic generator) gives 64 random bits at a time, split into four 16-bit
+    numbers, each compared with p * 65536: about ten times faster. So p is rounded to a multiple
+    of 1/65536 and the kept elements are scaled by 1 / (1 - p rounded). The elements are
+    independent and the state is a few integers, saved in checkpoints for an exact resume.
+    """
+
+    def __init__(self):
+        self.bitgen = None
+
+    def seed(self, seed):
+        self.bitgen = np.random.SFC64(seed)
+
+    def drop(self, shape, p):
+        """(bool mask of `shape`, True where an element is dropped; scale for the kept ones)."""
+        if self.bitgen is None:  # unseeded: follow torch's RNG, so torch.manual_seed repeats runs
+            self.seed(int(torch.randint(2 ** 62, ())))
+        cut = min(round(p * 65536), 65535)
+        n = math.prod(shape)
+        words = self.bitgen.random_raw((n + 3) // 4).view(np.int16)[:n]
+        drop = torch.from_numpy(words).view(shape) < cut - 32768  # int16 is uniform on [-32768, 32767]
+        return drop, 65536 / (65536 - cut)
+
+    def state(self):
+        """Plain integers (a checkpoint loads them with weights_only=True); None if unseeded."""
+        if self.bitgen is None:
+            return None
+        st = self.bitgen.state
+        return {'sfc64': [int(v) for v in st['state']['state']], 'has_uint32': int(st['has_uint32']),
+                'uinteger': int(st['uinteger'])}
+
+    def set_state(self, state):
+        if state is None:
+            self.bitgen = None
+            return
+        self.bitgen = np.random.SFC64()
+        self.bitgen.state = {'bit_generator': 'SFC64', 'state': {'state': np.array(state['sfc64'], dtype=np.uint64)},
+                             'has_uint32': state['has_uint32'], 'uinteger': state['uinteger']}
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout, but training on the CPU without torch.compile it takes its masks from the
+    model's MaskSource. Elsewhere it is nn.Dropout: CUDA and MPS draw masks on the device, and a
+    compiled model makes them inside its fused kernels."""
+
+    masks = None  # the model's MaskSource, set by GPT
+
+    def fast(self, x):
+        return (self.training and self.p > 0 and self.masks is not None and x.device.type == 'cpu'
+                and not torch.compiler.is_compiling())
+
+    def forward(self, x):
+        if not self.fast(x):
+            return super().forward(x)
+        drop, scale = self.masks.drop(x.shape, self.p)
+        return x.masked_fill(drop, 0.0).mul_(scale)
+
+
 class KVCache:
     """Keys and values of the positions already seen, for one attention layer.
 
@@ -82,8 +145,8 @@ class CausalSelfAttention(nn.Module):
         # q, k and v for all heads come out of one matmul
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.attn_dropout = nn.Dropout(config.dropout)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.attn_dropout = Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
@@ -95,8 +158,17 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if pos is None:
-            # training and the uncached reference: causal attention over the T positions given
+        if pos is None and self.attn_dropout.fast(x):
+            # CPU training with dropout: torch has no fused CPU attention kernel with dropout (SDPA
+            # falls back to this same math with bernoulli_ masks), so the math is written out and
+            # the probabilities are dropped with fast masks
+            att = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1)  # (B, nh, T, T)
+            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+            att = att.masked_fill(future, float('-inf')).softmax(dim=-1)
+            y = self.attn_dropout(att) @ v  # (B, nh, T, hs)
+        elif pos is None:
+            # training and the uncached reference: causal attention over the T positions given;
+            # fused kernels (flash attention) with their own dropout where the device has them
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=None,
                                                dropout_p=self.dropout if self.training else 0.0,
                                                is_causal=True)
@@ -128,7 +200,7 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU()
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
@@ -163,11 +235,15 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
+            drop=Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.dropout_masks = MaskSource()  # shared by every Dropout layer (CPU training)
+        for m in self.modules():
+            if isinstance(m, Dropout):
+                m.masks = self.dropout_masks
         # Weight tying (Press & Wolf 2017, "Using the Output Embedding to Improve Language Models")
         self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -392,7 +468,8 @@ class GPT(nn.Module):
         position only (its keys and values still cover the window); nothing is stored.
 
         temperature=0 picks the argmax. on_token(idx_next) is called after each token (B, 1); if
-        it returns True, generation stops early. Raises NonFiniteLogitsError on inf/nan logits.
+        it returns True, generation stops early. Raises NonFiniteLogitsError on inf/nan logits:
+        before on_token sees a token drawn from them, else within FINITE_CHECK_EVERY tokens.
         """
         block_size = self.config.block_size
         B, n = idx.size()
@@ -400,6 +477,7 @@ class GPT(nn.Module):
         seq = idx.new_empty(B, n + max_new_tokens)
         seq[:, :n] = idx
         pos = None  # how many positions the caches hold; None: no cache filled yet
+        finite, unchecked = None, 0  # were all logits finite (a bool tensor); tokens since the last look
         try:
             for _ in range(max_new_tokens):
                 if not use_cache:
@@ -416,13 +494,23 @@ class GPT(nn.Module):
                 else:
                     logits = self.forward_cached(seq[:, n - 1:n], pos)  # the newest token only
                     pos += 1
-                if not torch.isfinite(logits).all():
-                    raise NonFiniteLogitsError("the model produced non-finite logits (inf or nan)")
+                # the finiteness check stays on the device: a Python `if` on it per token would be
+                # a host sync, the only one per token on CUDA and MPS; sample_next draws from finite
+                # probabilities whatever the logits, and the flag is looked at below
+                ok = torch.isfinite(logits).all()
+                finite = ok if finite is None else finite & ok
                 idx_next = sample_next(logits, temperature, top_k, top_p)
                 seq[:, n:n + 1] = idx_next
                 n += 1
+                unchecked += 1
+                # on_token reads the tokens (a sync anyway) and must not see ones drawn from bad logits
+                if on_token is not None or unchecked == FINITE_CHECK_EVERY:
+                    check_logits_finite(finite)
+                    unchecked = 0
                 if on_token is not None and on_token(idx_next):
                     break
+            if unchecked:
+                check_logits_finite(finite)
         finally:
             if use_cache:
                 self.clear_cache()
@@ -433,12 +521,39 @@ class NonFiniteLogitsError(ValueError):
     """The logits held inf or nan: broken weights, or an overflow in reduced precision."""
 
 
+FINITE_CHECK_EVERY = 64  # generate() looks at its device-side finiteness flag at least this often
+
+
+def check_logits_finite(finite):
+    """generate()'s host look at its device-side flag (a bool tensor): the one place it syncs."""
+    if not bool(finite):
+        raise NonFiniteLogitsError("the model produced non-finite logits (inf or nan)")
+
+
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
     """One token per row from logits (B, vocab) -> (B, 1): a single torch.multinomial call
     (nothing random is drawn for temperature=0, which picks the argmax)."""
     if temperature == 0:
         return torch.argmax(logits, dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    return torch.multinomial(next_token_probs(logits, temperature, top_k, top_p), num_samples=1)
+
+
+def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None):
+    """The probabilities (B, vocab) that sample_next draws from, for temperature > 0: nanoGPT's
+    logits / temperature, top_k, softmax (and top_p). Finite for every temperature and any logits.
+
+    A small temperature can carry logits / temperature past float32's range (1e-30 does for
+    logits of 1e9): inf, then nan after softmax, and on CUDA multinomial's check of its input is
+    a device-side assert that poisons the context. Softmax is finite exactly where a row's
+    maximum is (no nan, no inf, not all -inf). Rows where the plain division's is not (and rows
+    whose logits are not finite, which generate() reports) use (logits - row max) / temperature
+    instead: the same distribution, and it cannot overflow, its maximum being 0; the nan of a
+    row without a finite maximum becomes 0. Every other row keeps the plain division bit for bit,
+    and so draws the same tokens as nanoGPT. Chosen on the device, with no host sync."""
+    logits = logits.float()
+    top = logits.amax(dim=-1, keepdim=True)  # top / temperature is the divided row's maximum (rounding is monotonic)
+    shifted = torch.nan_to_num((logits - top) / temperature, nan=0.0, neginf=-float('Inf'))
+    logits = torch.where(torch.isfinite(top / temperature), logits / temperature, shifted)
     if top_k is not None and top_k < logits.size(-1):  # top_k >= vocab keeps everything: skip the work
         v, _ = torch.topk(logits, top_k)
         logits = logits.masked_fill(logits < v[:, [-1]], -float('Inf'))  # ties with the k-th stay
@@ -449,5 +564,4 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
         sorted_probs = F.softmax(sorted_logits, dim=-1)
         drop = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= top_p  # the mass before it suffices
         logits = logits.scatter(1, sorted_idx, sorted_logits.masked_fill(drop, -float('Inf')))
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs, num_samples=1)
+    return F.softmax(logits, dim=-1)

@@ -14,23 +14,29 @@ and when the run is interrupted (Ctrl-C, SIGTERM). init_from='resume' continues 
 the two and reproduces the uninterrupted run exactly.
 """
 
+import time
+
+T_IMPORT = time.time()  # a time budget counts from here: importing torch is part of the run
+
 import json
 import math
 import os
 import signal
 import sys
-import time
 from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 
+import autotune
 import common
 from common import UserError
 from checkpoint import ARCH_KEYS, find_resume_checkpoint, fit_optimizer_state, full_sharded_state, load_full_optimizer_state, model_from_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dataset import Batches, dataset_dir, load_meta, open_split
 from configurator import _check_type, apply_overrides, given_settings
 from model import GPT, GPTConfig
+from optim import build_optimizer, set_lr
+from schedule import TimeBudget, format_duration, get_lr
 
 # -----------------------------------------------------------------------------------------------
 # default settings: GPT-2 (124M) on OpenWebText, as in nanoGPT
@@ -57,13 +63,17 @@ n_head = 12
 n_embd = 768
 dropout = 0.0  # 0 for pretraining, 0.1+ for finetuning
 bias = False
-# AdamW
-learning_rate = 6e-4
+# optimizer
+optimizer = 'adamw'  # 'adamw', or 'muon': Muon for the blocks' matrices, AdamW for the rest (see optim.py)
+learning_rate = 6e-4  # peak AdamW learning rate
 max_iters = 600000
 weight_decay = 1e-1
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0  # 0 disables clipping
+muon_lr = 0.02  # optimizer='muon': peak learning rate of the block matrices (same schedule)
+muon_momentum = 0.95
+time_budget = 0.0  # seconds from start to the last checkpoint; 0 = off (max_iters alone ends the run)
 # learning rate schedule
 decay_lr = True
 warmup_iters = 2000
@@ -110,21 +120,18 @@ def check_config(c):
     if c.grad_clip < 0 or c.weight_decay < 0 or not (0 <= c.beta1 < 1 and 0 <= c.beta2 < 1):
         raise UserError(f"need grad_clip >= 0 (0 = off), weight_decay >= 0 and beta1, beta2 in [0, 1); got "
                         f"{c.grad_clip}, {c.weight_decay}, {c.beta1}, {c.beta2}")
+    if c.optimizer not in ('adamw', 'muon'):
+        raise UserError(f"unknown optimizer {c.optimizer!r}: use adamw or muon (e.g. --optimizer=muon)")
+    if c.optimizer == 'muon' and not (0 < c.muon_lr < math.inf and 0 <= c.muon_momentum < 1):
+        raise UserError(f"optimizer=muon needs muon_lr > 0 and muon_momentum in [0, 1), got {c.muon_lr} "
+                        f"and {c.muon_momentum} (e.g. --muon_lr=0.02 --muon_momentum=0.95)")
+    if not 0 <= c.time_budget < math.inf:
+        raise UserError(f"time_budget must be 0 (off) or a number of seconds, got {c.time_budget} "
+                        f"(e.g. --time_budget=300)")
     if not (c.init_from in ('scratch', 'resume') or c.init_from.startswith('gpt2')
             or os.path.isdir(c.init_from)):
         raise UserError(f"unknown init_from {c.init_from!r}: use scratch, resume, gpt2, gpt2-medium, "
                         f"gpt2-large, gpt2-xl or a Hugging Face GPT-2 directory")
-
-
-def get_lr(it, c):
-    """Linear warmup, then cosine decay to min_lr at lr_decay_iters, then min_lr."""
-    if it < c.warmup_iters:
-        return c.learning_rate * (it + 1) / (c.warmup_iters + 1)
-    if it > c.lr_decay_iters:
-        return c.min_lr
-    decay_ratio = (it - c.warmup_iters) / (c.lr_decay_iters - c.warmup_iters)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))  # from 1 down to 0
-    return c.min_lr + coeff * (c.learning_rate - c.min_lr)
 
 
 def resolve_resume_config(c, ckpt):
@@ -157,9 +164,60 @@ def resolve_resume_config(c, ckpt):
                         f"use --block_size={margs['block_size']} or less")
 
 
+def load_optimizer_state(optimizer, sd, path, kind, sharded_model=None):
+    """Load a checkpoint's optimizer state, with one-line errors when it cannot belong here."""
+    saved = sd.get('kind', 'adamw') if isinstance(sd, dict) else 'adamw'
+    if saved != kind:
+        raise UserError(f"{path} was trained with optimizer={saved}, whose state cannot continue as {kind}: "
+                        f"resume with --optimizer={saved}, or start a new run in another --out_dir")
+    try:
+        parts = optimizer.inner_states(sd) if kind == 'muon' else [(optimizer, sd)]
+        for opt, part in parts:
+            fit_optimizer_state(part, [p for g in opt.param_groups for p in g['params']])
+        if sharded_model is not None:
+            load_full_optimizer_state(sharded_model, optimizer, sd)
+        else:
+            optimizer.load_state_dict(sd)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise UserError(f"{path}: its optimizer state does not fit this model's {kind} "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); the file is damaged "
+                        f"or not from this model") from None
+
+
+def choose_dtype_and_compile(model, c, device_type, ddp, start_iter, budget):
+    """Resolve c.dtype and c.compile: 'auto' by measurement on a CPU (autotune.py), by rule on
+    GPUs and MPS. Returns the compiled model when the measurement has compiled it already."""
+    measure = device_type == 'cpu' and 'auto' in (c.dtype, c.compile) and not (c.fsdp and ddp)
+    if c.dtype != 'auto' or not measure:
+        c.dtype = common.resolve_dtype(c.dtype, device_type, device=c.device)  # checks a fixed choice
+    if not measure:
+        c.compile = common.resolve_compile(c.compile, device_type)
+        return None
+    if c.compile not in ('auto', True, False):
+        raise UserError(f"compile must be True, False or auto, got {c.compile!r}")
+    why_not = common.compile_unavailable('cpu')
+    if why_not and c.compile is True:
+        common.warn_once(f"torch.compile unavailable ({why_not}); running eager")
+        c.compile = False
+    steps = (c.max_iters - start_iter + 1) * c.gradient_accumulation_steps
+    dtype, use_compile, compiled = autotune.choose(model, c.batch_size, c.dtype, c.compile, steps,
+                                                   budget.left() if budget else None, not why_not)
+    if ddp:  # every rank measured; rank 0's choice holds for all
+        choice = [dtype, use_compile]
+        dist.broadcast_object_list(choice, src=0)
+        dtype, use_compile = choice
+        compiled = (compiled or common.compile_model(model)) if use_compile else None
+    c.dtype, c.compile = dtype, use_compile
+    return compiled
+
+
 def train(c):
     """Run training with settings `c` (a namespace of DEFAULTS' keys); returns a summary dict."""
     check_config(c)
+    if c.optimizer == 'muon' and c.fsdp and int(os.environ.get('RANK', -1)) != -1:
+        # torch.optim.Muon orthogonalises each update as one matrix; FSDP holds only a shard of it
+        raise UserError("optimizer=muon cannot run with fsdp=True (Muon needs each weight matrix whole, "
+                        "FSDP shards it): use --fsdp=False (DDP) or --optimizer=adamw")
     ddp, rank, world_size, master = common.init_distributed(c)
     if not master:
         sys.stdout = open(os.devnull, 'w')  # rank 0 alone prints
@@ -172,6 +230,14 @@ def train(c):
         resolve_resume_config(c, ckpt)
         check_config(c)
     config = {k: getattr(c, k) for k in DEFAULTS}  # stored in checkpoints
+    budget = None
+    if c.time_budget and not c.eval_only:
+        saved = (ckpt or {}).get('time') or {}
+        budget = TimeBudget(c.time_budget, getattr(c, '_t0', None), saved.get('spent', 0.0), saved.get('start'))
+        if budget.left() <= budget.reserve(c.eval_iters, c.gradient_accumulation_steps):
+            raise UserError(f"the time budget is spent: {c.out_dir} has used {budget.spent():.0f}s of "
+                            f"time_budget={c.time_budget:g}s; continue with a larger one, e.g. "
+                            f"--time_budget={2 * c.time_budget:g}")
 
     # gradient_accumulation_steps counts micro-steps of the whole job (stored so in checkpoints, so
     # a resume on another number of processes keeps the tokens per iteration); each rank does its share
@@ -239,10 +305,7 @@ def train(c):
     data = {s: open_split(data_dir, s, c.dataset, c.block_size, model_args['vocab_size'])
             for s in ('train', 'val')}
     model.to(c.device)
-    c.dtype = common.resolve_dtype(c.dtype, device_type, model_args['n_embd'])
-    # FLOPs of one iteration (estimate_mfu with dt=1, peak=1): on CPU compiling pays only for big steps
-    c.compile = common.resolve_compile(c.compile, device_type, flops_per_iter=model.estimate_mfu(
-        c.batch_size * c.gradient_accumulation_steps, 1.0, 1.0), dtype=c.dtype)
+    compiled = choose_dtype_and_compile(model, c, device_type, ddp, ckpt['iter_num'] if ckpt else 0, budget)
     config.update(device=c.device, dtype=c.dtype, compile=c.compile)
     ctx = common.autocast_ctx(device_type, c.dtype)
     # a gradient scaler only where float16 needs one (CUDA); never created on CPU or MPS
@@ -254,29 +317,18 @@ def train(c):
         # FSDP2 swaps the parameters for sharded DTensors in place, so this comes before the
         # optimizer is made (it must hold the shards). Each block is one unit, gathered only while
         # it runs; the root unit holds the embeddings, the tied lm_head and the final LayerNorm.
-        from torch.distributed.fsdp import fully_shard
-        for block in model.transformer.h:
-            fully_shard(block)
-        fully_shard(model)
-    optimizer = model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device_type)
+        common.shard_model(model, device_type)  # on a mesh for this device type, not the machine's accelerator
+    optimizer = build_optimizer(model, c, device_type)
     iter_num, best_val_loss = 0, 1e9
     if ckpt is not None:
-        try:
-            fit_optimizer_state(ckpt['optimizer'], [p for g in optimizer.param_groups for p in g['params']])
-            if sharded:
-                load_full_optimizer_state(raw_model, optimizer, ckpt['optimizer'])
-            else:
-                optimizer.load_state_dict(ckpt['optimizer'])
-        except (ValueError, KeyError, TypeError, RuntimeError) as e:
-            raise UserError(f"{ckpt_path}: its optimizer state does not fit this model's AdamW "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); the file is damaged "
-                            f"or not from this model") from None
+        load_optimizer_state(optimizer, ckpt['optimizer'], ckpt_path, c.optimizer, raw_model if sharded else None)
         iter_num, best_val_loss = ckpt['iter_num'], float(ckpt['best_val_loss'])
         if scaler is not None and ckpt.get('scaler'):
             scaler.load_state_dict(ckpt['scaler'])
     if c.compile:
-        print("compiling the model... (the first iterations are slow)")
-        model = common.compile_model(model)  # falls back to eager, with one warning, if compiling fails
+        if compiled is None:
+            print("compiling the model... (the first iterations are slow)")
+        model = compiled or common.compile_model(model)  # falls back to eager, with one warning, if compiling fails
     if ddp and not c.fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         model = DDP(model, device_ids=[int(os.environ['LOCAL_RANK'])] if device_type == 'cuda' else None)
@@ -326,9 +378,11 @@ def train(c):
             model_sd, optim_sd = raw_model.state_dict(), optimizer.state_dict()
         state = {'model': model_sd, 'optimizer': optim_sd, 'model_args': model_args,
                  'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': config,
-                 'rng': rng_state(batches, device_type),
+                 'rng': dict(rng_state(batches, device_type, c.device), dropout=raw_model.dropout_masks.state()),
                  'scaler': scaler.state_dict() if scaler is not None else None,
                  'gelu_approximate': raw_model.gelu_approximate}
+        if budget is not None:
+            state['time'] = budget.state()  # a resumed budgeted run continues its clock and schedule
         if ddp:
             state['rng_ranks'] = [None] * world_size
             dist.all_gather_object(state['rng_ranks'], state['rng'])
@@ -346,7 +400,10 @@ def train(c):
                                 f"{name} was not written and earlier checkpoints are untouched (try a lower "
                                 f"--learning_rate)")
             print(f"saving checkpoint to {path}")
+            t_save = time.time()
             save_checkpoint(state, path)
+            if budget is not None:
+                budget.save_s = time.time() - t_save
 
     # a new run starts a new metrics file; a resumed run appends to it
     metrics = open(os.path.join(c.out_dir, 'metrics.jsonl'), 'a' if c.init_from == 'resume' else 'w') \
@@ -388,34 +445,50 @@ def train(c):
         if len(ranks_rng) != world_size:
             print(f"note: {ckpt_path} was not saved by {world_size} processes: ranks other than 0 draw new "
                   f"batches, so the run will differ from an uninterrupted one")
+    raw_model.dropout_masks.seed(c.seed + rank)  # CPU dropout masks (model.MaskSource)
     if resume_rng:
-        set_rng_state(resume_rng, device_type)  # replays the batch that was fetched before saving
+        set_rng_state(resume_rng, device_type, c.device)  # replays the batch that was fetched before saving
+        if resume_rng.get('dropout'):
+            raw_model.dropout_masks.set_state(resume_rng['dropout'])
     ckpt = None  # free the loaded tensors
     X, Y = batches.next_train()
     t_start = t0 = time.time()
-    local_iter_num, running_mfu = 0, -1.0
+    start_iter, local_iter_num, running_mfu = iter_num, 0, -1.0
     losses_log, evals_log = {}, {}
     try:
         while True:
-            lr = get_lr(iter_num, c) if c.decay_lr else c.learning_rate
-            for group in optimizer.param_groups:
-                group['lr'] = lr
+            eval_due = iter_num % c.eval_interval == 0 or c.eval_only
+            # with a time budget: close (evaluate, save, stop) when the next iteration would not fit
+            closing = budget is not None and (iter_num >= c.max_iters or budget.must_close(
+                eval_due, c.eval_iters, c.gradient_accumulation_steps))
+            progress = budget.progress(c.eval_iters, c.gradient_accumulation_steps) if budget else 0.0
             want_stop = stop['signal'] is not None
             if ddp:
-                # every rank must stop at the same iteration; they agree at log_interval boundaries
-                # only, so a CUDA run does not pay a host sync for this every iteration
+                # every rank must stop, close and set the learning rate alike: rank 0's signal flag
+                # and clock decide. Without a budget they agree at log_interval boundaries only, so a
+                # CUDA run does not pay a host sync for this every iteration.
                 want_stop = False
-                if iter_num % c.log_interval == 0:
-                    flag = torch.tensor([float(stop['signal'] is not None)], device=c.device)
+                if budget is not None or iter_num % c.log_interval == 0:
+                    flag = torch.tensor([float(stop['signal'] is not None), float(closing and master),
+                                         progress if master else 0.0], dtype=torch.float64, device=c.device)
                     dist.all_reduce(flag)
-                    want_stop = flag.item() > 0
+                    sig, close, prog = flag.tolist()
+                    want_stop, closing, progress = sig > 0, close > 0, prog
+            if c.decay_lr:
+                lr = get_lr(progress * c.lr_decay_iters if budget else iter_num, c)
+            else:
+                lr = c.learning_rate
+            set_lr(optimizer, lr, c.learning_rate)
             if want_stop:
                 save('last.pt', checkpoint_state())  # every rank takes part; rank 0 writes
                 print(f"stopped by signal at iter {iter_num}: training state saved to "
                       f"{os.path.join(c.out_dir, 'last.pt')}; continue with --init_from=resume")
                 break
-            if iter_num % c.eval_interval == 0 or c.eval_only:  # all ranks: they save together
+            if eval_due or closing:  # all ranks: they save together
+                t_eval = time.time()
                 losses = estimate_loss()
+                if budget is not None:
+                    budget.eval_s = time.time() - t_eval
                 elapsed = time.time() - t_start
                 print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
                       f"elapsed {elapsed:.1f}s")
@@ -437,8 +510,11 @@ def train(c):
                             os.remove(last)  # ckpt.pt is now the latest state too
                 elif local_iter_num > 0 and not c.eval_only:  # a run's first state is the one it loaded
                     save('last.pt', checkpoint_state())
-            if c.eval_only:
+            if c.eval_only or closing:
                 break
+            if budget is not None:
+                budget.loop_started()
+                t_iter = time.time()
             # ---- one optimizer step, gradient_accumulation_steps micro-steps ----
             for micro_step in range(c.gradient_accumulation_steps):
                 # FSDP reduce-scatters every micro-step: its gradients stay sharded, which is
@@ -462,6 +538,8 @@ def train(c):
             optimizer.zero_grad(set_to_none=True)
             t1 = time.time()
             dt, t0 = t1 - t0, t1
+            if budget is not None:
+                budget.iter_done(t1 - t_iter)  # the iteration alone, without an evaluation before it
             check_now = device_type != 'cuda' or iter_num % c.log_interval == 0
             if check_now:
                 lossf = loss.item() * c.gradient_accumulation_steps  # the last micro-step's loss
@@ -474,48 +552,55 @@ def train(c):
                     mfu = raw_model.estimate_mfu(c.batch_size * c.gradient_accumulation_steps, dt, peak)
                     running_mfu = mfu if running_mfu == -1.0 else 0.9 * running_mfu + 0.1 * mfu
                 tok_s = tokens_per_iter / dt
-                eta = dt * (c.max_iters - iter_num)
+                left = (f"{format_duration(budget.left())} of budget left" if budget is not None
+                        else f"eta {format_duration(dt * (c.max_iters - iter_num))}")
                 print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {running_mfu * 100:.2f}%, "
-                      f"{tok_s:,.0f} tok/s, eta {format_duration(eta)}")
+                      f"{tok_s:,.0f} tok/s, {left}")
                 log_metrics(event='iter', iter=iter_num, loss=lossf, lr=lr, time_ms=dt * 1000,
                             mfu=running_mfu * 100, tok_s=tok_s, elapsed=time.time() - t_start)
             iter_num += 1
             local_iter_num += 1
-            if iter_num > c.max_iters:
+            if iter_num > c.max_iters and budget is None:
                 break
     finally:
         for s, h in old_handlers.items():
             signal.signal(s, h)
         if metrics:
             metrics.close()
-        if ddp:
-            dist.destroy_process_group()
+        # the process group outlives this frame: main() destroys it once the DDP/FSDP model is freed
     ckpt_file = os.path.join(c.out_dir, 'ckpt.pt')
     if master and not c.eval_only and stop['signal'] is None:
-        print(f"done: {iter_num} iterations in {format_duration(time.time() - t_start)}, "
-              f"best val loss {best_val_loss:.4f}")
+        if budget is not None:
+            print(f"done: {iter_num - start_iter} iterations fitted in the {format_duration(c.time_budget)} budget "
+                  f"({format_duration(budget.spent())} used, {iter_num} in all), best val loss {best_val_loss:.4f}")
+        else:
+            print(f"done: {iter_num} iterations in {format_duration(time.time() - t_start)}, "
+                  f"best val loss {best_val_loss:.4f}")
         if os.path.exists(ckpt_file):
             print(f"best model: {ckpt_file}; sample from it with: python sample.py --out_dir={c.out_dir}")
     return {'iter_num': iter_num, 'best_val_loss': best_val_loss, 'losses': losses_log,
             'evals': evals_log, 'interrupted': stop['signal'], 'config': config}
 
 
-def format_duration(s):
-    s = max(0, int(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 def main(argv=None):
     if int(os.environ.get('RANK', 0)) != 0:
         sys.stdout = open(os.devnull, 'w')  # under torchrun rank 0 alone prints, settings included
-    argv = sys.argv[1:] if argv is None else argv
+    own_command = argv is None
+    argv = sys.argv[1:] if own_command else argv
     c = SimpleNamespace(**apply_overrides(DEFAULTS, argv))
     c._given = given_settings(argv, DEFAULTS)  # what a resume keeps instead of the checkpoint's config
+    c._t0 = T_IMPORT if own_command else time.time()  # a time budget's clock: the command's start
     try:
         summary = train(c)
+    except BaseException as e:
+        # the traceback keeps train()'s locals (the DDP/FSDP model, which holds the process group)
+        # alive: clear them so that the group is freed below, not later by the model (see
+        # common.shutdown_distributed); the message and line numbers stay
+        import traceback
+        traceback.clear_frames(e.__traceback__)
+        raise
     finally:
-        if dist.is_initialized():  # an error before training began leaves the process group open
-            dist.destroy_process_group()
+        common.shutdown_distributed()  # after train() has returned: nothing holds the group but torch
     if summary['interrupted'] is not None:
         sys.exit(128 + summary['interrupted'])
     return summary

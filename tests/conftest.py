@@ -34,6 +34,19 @@ def make_char_dataset(path, n_chars=20000, seed=0):
     return str(path)
 
 
+@pytest.fixture(autouse=True, scope='session')
+def private_cache(tmp_path_factory):
+    """dtype=auto measurements (autotune.py) are cached in a directory of the test session's own,
+    never in the user's ~/.cache; subprocesses inherit it through the environment."""
+    old = os.environ.get('NANOGPT_CACHE_DIR')
+    os.environ['NANOGPT_CACHE_DIR'] = str(tmp_path_factory.mktemp('nanogpt-cache'))
+    yield
+    if old is None:
+        os.environ.pop('NANOGPT_CACHE_DIR', None)
+    else:
+        os.environ['NANOGPT_CACHE_DIR'] = old
+
+
 @pytest.fixture
 def char_dataset(tmp_path):
     return make_char_dataset(tmp_path / 'toy')

@@ -1,7 +1,8 @@
 """Training on several processes with torchrun: 2 CPU ranks talking over gloo on the loopback
 interface. Every test launches the real `python -m torch.distributed.run`; nothing is mocked.
 
-Run as a script under torchrun, this file is also the worker of the DDP-equivalence test."""
+Run as a script under torchrun, this file is also the worker of the DDP-equivalence test and of the
+thread test (train.py's main() in-process)."""
 
 import glob
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from conftest import PROJECT, make_char_dataset, tiny_args
@@ -42,9 +44,16 @@ def fixed_batches():
     return [[torch.randint(VOCAB, (2, BATCH, T), generator=g) for _ in range(MICRO)] for _ in range(STEPS)]
 
 
-def make_optimizer(model):
+def make_optimizer(model, kind='sgd'):
     # plain SGD: its steps follow the gradients' size, so a wrongly scaled or half-synchronised
-    # gradient shows in the weights (AdamW's normalised steps and clipping would hide the scale)
+    # gradient shows in the weights (AdamW's normalised steps and clipping would hide the scale).
+    # Muon (train.py's optimizer='muon') checks that its state and steps agree across ranks.
+    if kind == 'muon':
+        from types import SimpleNamespace
+        import optim
+        c = SimpleNamespace(optimizer='muon', learning_rate=1e-2, muon_lr=0.05, muon_momentum=0.95,
+                            weight_decay=0.1, beta1=0.9, beta2=0.95)
+        return optim.build_optimizer(model, c, 'cpu')
     return torch.optim.SGD(model.parameters(), lr=0.5)
 
 
@@ -53,17 +62,24 @@ def optimizer_step(model, optimizer):
     optimizer.zero_grad(set_to_none=True)
 
 
-def ddp_worker(out_prefix):
+def ddp_worker(out_prefix, kind='sgd'):
     """Each rank trains on its share of the micro-batches of every step, the way train.py does:
     seeded with 1337 + rank (DDP must broadcast rank 0's weights), loss divided by the local
-    micro-step count, gradients all-reduced on the last micro-step only."""
+    micro-step count, gradients all-reduced on the last micro-step only. The process group is
+    made and destroyed as train.py does it: destroyed after the DDP model is gone."""
+    import common
+    common.init_process_group('gloo')
+    ddp_train(out_prefix, kind)
+    common.shutdown_distributed()
+
+
+def ddp_train(out_prefix, kind):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
-    dist.init_process_group('gloo')
     rank, world = dist.get_rank(), dist.get_world_size()
     raw = small_gpt(1337 + rank)
     model = DDP(raw)
-    optimizer = make_optimizer(raw)
+    optimizer = make_optimizer(raw, kind)
     local = MICRO // world
     for step in fixed_batches():
         for m, xy in enumerate(step[rank * local:(rank + 1) * local]):
@@ -72,12 +88,12 @@ def ddp_worker(out_prefix):
             (loss / local).backward()
         optimizer_step(model, optimizer)
     torch.save(raw.state_dict(), f'{out_prefix}.rank{rank}.pt')
-    dist.destroy_process_group()
 
 
-def test_ddp_two_ranks_match_one_process_accumulating(tmp_path):
+@pytest.mark.parametrize('kind', ['sgd', 'muon'])
+def test_ddp_two_ranks_match_one_process_accumulating(tmp_path, kind):
     prefix = str(tmp_path / 'weights')
-    r = torchrun(os.path.abspath(__file__), 'ddp_worker', prefix)
+    r = torchrun(os.path.abspath(__file__), 'ddp_worker', prefix, kind)
     assert r.returncode == 0, r.stdout + r.stderr
     w0 = torch.load(f'{prefix}.rank0.pt', weights_only=True)
     w1 = torch.load(f'{prefix}.rank1.pt', weights_only=True)
@@ -86,7 +102,7 @@ def test_ddp_two_ranks_match_one_process_accumulating(tmp_path):
     # one process, the same MICRO micro-batches per step accumulated
     model = small_gpt(1337)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = make_optimizer(model)
+    optimizer = make_optimizer(model, kind)
     for step in fixed_batches():
         for xy in step:
             _, loss = model(xy[0], xy[1])
@@ -96,7 +112,13 @@ def test_ddp_two_ranks_match_one_process_accumulating(tmp_path):
     assert set(ref) == set(w0)
     for k in ref:
         assert not torch.equal(ref[k], start[k]), f"{k} did not train"
-        torch.testing.assert_close(w0[k], ref[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+        if kind == 'muon':
+            # Muon orthogonalises in bfloat16 (torch.optim.Muon): the last-bit differences of
+            # all-reduced against accumulated gradients come out as bf16 rounding of each update
+            moved = (ref[k] - start[k]).abs().max().item()
+            assert (w0[k] - ref[k]).abs().max().item() <= 0.03 * moved, k
+        else:
+            torch.testing.assert_close(w0[k], ref[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
 
 
 def test_torchrun_ddp_then_fsdp_resume_then_sample(tmp_path):
@@ -144,6 +166,21 @@ def test_torchrun_ddp_then_fsdp_resume_then_sample(tmp_path):
     assert s.stdout.count('---------------') == 1 and 'ROMEO:' in s.stdout
 
 
+def test_torchrun_muon_with_a_time_budget(tmp_path):
+    """Both ranks follow rank 0's clock: they close at the same iteration with the same learning
+    rate (a rank stepping on alone would hang the job), with Muon's state in the checkpoint."""
+    data = make_char_dataset(tmp_path / 'toy')
+    out = tmp_path / 'out'
+    r = torchrun('train.py', *tiny_args(str(out), data, gradient_accumulation_steps=2, max_iters=10 ** 6,
+                                         eval_interval=10 ** 6, lr_decay_iters=1000, optimizer='muon',
+                                         time_budget=6, log_interval=10))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count('iterations fitted in the 0m06s budget') == 1
+    ckpt = torch.load(out / 'ckpt.pt', weights_only=True)
+    assert ckpt['optimizer']['kind'] == 'muon' and len(ckpt['rng_ranks']) == 2
+    assert ckpt['iter_num'] > 10 and ckpt['time']['spent'] <= 6
+
+
 def test_accumulation_not_divisible_by_world_size_is_one_line(tmp_path):
     data = make_char_dataset(tmp_path / 'toy', n_chars=2000)
     logs = tmp_path / 'logs'
@@ -158,6 +195,43 @@ def test_accumulation_not_divisible_by_world_size_is_one_line(tmp_path):
         assert ('error: gradient_accumulation_steps (3) must be divisible by the number of processes (2), '
                 'e.g. --gradient_accumulation_steps=') in err, err
     assert 'exitcode  : 2' in r.stderr  # torchrun's summary names the rank's exit code
+
+
+def gloo_threads():
+    """Names of this process's threads that belong to gloo (its work loop and TCP loop)."""
+    names = []
+    for comm in glob.glob('/proc/self/task/*/comm'):
+        try:
+            names.append(open(comm).read().strip())
+        except OSError:
+            pass
+    return [n for n in names if 'gloo' in n]
+
+
+def train_worker(out_dir, data, fsdp, report):
+    """train.py's main() under torchrun, then the threads of gloo still running (none, once the
+    process group is freed). One run per process: torchrun's store cannot host a second group."""
+    import train
+    train.main(tiny_args(out_dir, data, gradient_accumulation_steps=2, max_iters=2, eval_interval=2,
+                         always_save_checkpoint=True, fsdp=fsdp))
+    with open(f"{report}.rank{os.environ['RANK']}", 'w') as f:
+        f.write(repr(gloo_threads()))
+
+
+@pytest.mark.parametrize('fsdp', [False, True])
+def test_process_group_threads_end_before_python_does(tmp_path, fsdp):
+    """The cause of an abort at exit ("terminate called without an active exception", SIGABRT
+    after "best model: ..."): gloo's worker threads outlived the process group, and one of them
+    freed a collective of the last backward pass while the interpreter was shutting down.
+    train.py's main() must leave no such thread running (see common.shutdown_distributed)."""
+    if not os.path.exists('/proc/self/task'):
+        pytest.skip('lists threads through /proc (Linux)')
+    data = make_char_dataset(tmp_path / 'toy', n_chars=4000)
+    report = str(tmp_path / 'threads')
+    r = torchrun(os.path.abspath(__file__), 'train_worker', str(tmp_path / 'out'), data, str(fsdp), report)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for rank in (0, 1):
+        assert open(f'{report}.rank{rank}').read() == '[]', f'rank {rank}: gloo threads left running'
 
 
 def rank_pids(marker):
@@ -222,4 +296,6 @@ def test_a_rank_killed_ends_the_job_and_keeps_the_checkpoint(tmp_path):
 
 
 if __name__ == '__main__' and sys.argv[1:2] == ['ddp_worker']:
-    ddp_worker(sys.argv[2])
+    ddp_worker(sys.argv[2], sys.argv[3])
+if __name__ == '__main__' and sys.argv[1:2] == ['train_worker']:
+    train_worker(sys.argv[2], sys.argv[3], sys.argv[4] == 'True', sys.argv[5])

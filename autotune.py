@@ -1,0 +1,207 @@
+"""
+dtype and torch.compile on the CPU, chosen by measuring this model and batch (dtype=auto,
+compile=auto in train.py and bench.py).
+
+CPUs differ too much for a rule: without bf16 units (AVX2 only) bfloat16 matmuls are emulated
+and several times slower than float32; with AVX512-BF16 or AMX they are 2-7x faster, but
+autocast adds casts that small models may not repay; compiling fuses the elementwise work
+between the matmuls but costs a minute or more. So a few forward+backward micro-steps of the
+real model on a batch of the real shape are timed in each candidate (float32, and bfloat16 where
+the CPU has bf16 units), a few seconds in all, and the fastest is used. Compiling is tried only
+when the run is long enough that the expected saving repays the compile time; its result is
+kept too. The measurements are cached per machine, torch version and model/batch shape in
+~/.cache/nanogpt/autotune.json (NANOGPT_CACHE_DIR or XDG_CACHE_HOME move it), so the next run
+starts at once. The model's weights and the random streams are left exactly as they were.
+"""
+
+import json
+import os
+import time
+
+import torch
+
+import common
+
+TRIAL_SECONDS = 4.0  # time for the timed eager micro-steps of all candidates together
+# compiling is tried when the run's expected saving, at this fraction of its eager time, is more
+# than the compile time (measured earlier on this machine, else COMPILE_GUESS_S per 6 layers)
+COMPILE_GAIN_GUESS = 0.15
+COMPILE_GUESS_S = 60.0
+
+
+def cache_file():
+    root = os.environ.get('NANOGPT_CACHE_DIR') or os.path.join(
+        os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache'), 'nanogpt')
+    return os.path.join(root, 'autotune.json')
+
+
+def cpu_name():
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def cache_key(cfg, batch_size):
+    """Machine, software and shape: what the timings depend on."""
+    return (f"{cpu_name()} | bf16 units {common.cpu_has_bf16_units()} | {torch.get_num_threads()} threads | "
+            f"torch {torch.__version__} | {cfg.n_layer}x{cfg.n_embd} h{cfg.n_head} vocab {cfg.vocab_size} "
+            f"bias {cfg.bias} dropout {cfg.dropout} | batch {batch_size} x {cfg.block_size}")
+
+
+def load_cache():
+    try:
+        with open(cache_file()) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def store(key, entry):
+    """Merge one entry into the cache file (written to a temporary name, then renamed)."""
+    path = cache_file()
+    data = load_cache()
+    data[key] = entry
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, 'w') as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only home only costs a re-measurement next time
+        common.warn_once(f"cannot write {path} ({e.strerror}): the dtype/compile measurement is not cached")
+
+
+def label(dtype, compiled):
+    return f"{dtype} {'compiled' if compiled else 'eager'}"
+
+
+class Trial:
+    """Forward+backward micro-steps of the real model on random tokens of the real shape. The
+    weights never change (no optimizer step); gradients are dropped and the CPU random state
+    (batches, dropout masks) is put back afterwards."""
+
+    def __init__(self, model, batch_size, seed=0):
+        cfg = model.config
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), generator=g)
+        self.y = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), generator=g)
+        self.model = model
+
+    def step(self, fwd, dtype):
+        t0 = time.perf_counter()
+        with common.autocast_ctx('cpu', dtype):
+            _, loss = fwd(self.x, self.y)
+        loss.backward()
+        return time.perf_counter() - t0
+
+    def __enter__(self):
+        self.rng = torch.get_rng_state()
+        self.masks = self.model.dropout_masks.state()
+        self.was_training = self.model.training
+        self.model.train()
+        return self
+
+    def __exit__(self, *exc):
+        self.model.zero_grad(set_to_none=True)
+        torch.set_rng_state(self.rng)
+        self.model.dropout_masks.set_state(self.masks)
+        self.model.train(self.was_training)
+
+
+def measure_eager(trial, dtypes):
+    """Median seconds per micro-step of each dtype, after one untimed warm-up step each; the
+    timed steps alternate between dtypes so that a change in machine load hits all alike."""
+    warm = {d: trial.step(trial.model, d) for d in dtypes}
+    rounds = int(max(1, min(5, TRIAL_SECONDS / sum(warm.values()))))
+    times = {d: [] for d in dtypes}
+    for _ in range(rounds):
+        for d in dtypes:
+            times[d].append(trial.step(trial.model, d))
+    return {d: sorted(t)[len(t) // 2] for d, t in times.items()}
+
+
+def compile_guess(cache, n_layer):
+    """Seconds compiling is expected to take: the slowest measured on this machine per layer,
+    scaled to n_layer; COMPILE_GUESS_S per 6 layers before any measurement."""
+    per_layer = [e['compile_s'] / e['n_layer'] for e in cache.values()
+                 if isinstance(e, dict) and e.get('compile_s') and e.get('n_layer')
+                 and e.get('cpu') == cpu_name()]
+    return max(per_layer) * n_layer if per_layer else COMPILE_GUESS_S * n_layer / 6
+
+
+def pick(times, compile_s, steps=None, seconds=None):
+    """The fastest candidate for a run of `steps` micro-steps, or of `seconds` (a time budget:
+    the most micro-steps after compiling). times: {(dtype, compiled): seconds per micro-step}."""
+    def cost(k):
+        c = compile_s if k[1] else 0.0
+        if seconds is not None:
+            return -(seconds - c) / times[k]
+        return steps * times[k] + c
+    return min(times, key=cost)
+
+
+def choose(model, batch_size, dtype, compile, run_steps, budget_s=None, compile_ok=True, log=print):
+    """(dtype, compile, compiled model or None) for CPU training. dtype/compile: 'auto' or fixed.
+    run_steps: micro-steps the run will take (without a budget); budget_s: seconds left in a
+    time budget. compile_ok: False where compiling cannot work (no C++ compiler)."""
+    dtypes = [dtype] if dtype != 'auto' else ['float32'] + (['bfloat16'] if common.cpu_has_bf16_units() else [])
+    cache = load_cache()
+    key = cache_key(model.config, batch_size)
+    entry = cache.get(key) or {}
+    eager = {d: entry['eager'][d] for d in dtypes if d in entry.get('eager', {})}
+    compiled_model = None
+    with Trial(model, batch_size) as trial:
+        if len(eager) < len(dtypes) and (len(dtypes) > 1 or compile == 'auto'):
+            eager = measure_eager(trial, dtypes)
+            entry = dict(entry, eager=dict(entry.get('eager', {}), **eager), n_layer=model.config.n_layer,
+                         cpu=cpu_name(), when=time.strftime('%Y-%m-%d %H:%M:%S'))
+            store(key, entry)
+            source = "measured"
+        else:
+            source = f"measured earlier, cached in {cache_file()}"
+        if eager:
+            log(f"auto dtype/compile: forward+backward of this model and batch ({source}): "
+                + ", ".join(f"{label(d, False)} {t * 1000:.0f} ms" for d, t in sorted(eager.items())))
+        best = min(eager, key=eager.get) if eager else dtypes[0]
+        times = {(d, False): t for d, t in eager.items()} or {(best, False): 1.0}
+        compile_s = entry.get('compile_s')
+        if compile is True or (compile == 'auto' and compile_ok):
+            cached_compiled = entry.get('compiled', {}).get(best)
+            if compile is True:
+                want = True
+            elif cached_compiled is not None:
+                times[(best, True)] = cached_compiled
+                want = pick(times, compile_s, run_steps, budget_s)[1]
+            else:
+                guess = compile_guess(cache, model.config.n_layer)
+                run_s = budget_s if budget_s is not None else run_steps * eager.get(best, 0.0)
+                want = run_s * COMPILE_GAIN_GUESS > 1.5 * guess  # 1.5: evaluation compiles a second graph
+                if not want:
+                    log(f"auto compile: not tried (a run of ~{run_s:.0f}s would not repay ~{guess:.0f}s of compiling)")
+            if want:
+                log("compiling the model... (the first iterations are slow)")
+                compiled_model = common.compile_model(model)
+                if compile == 'auto' and cached_compiled is None and not getattr(compiled_model, '_eager', False):
+                    t0 = time.perf_counter()
+                    trial.step(compiled_model, best)  # compiles
+                    first = time.perf_counter() - t0
+                    if not compiled_model._eager:
+                        t_c = sorted(trial.step(compiled_model, best) for _ in range(3))[1]
+                        compile_s = max(0.0, first - t_c)
+                        entry = dict(entry, compile_s=compile_s, compiled=dict(entry.get('compiled', {}), **{best: t_c}))
+                        store(key, entry)
+                        times[(best, True)] = t_c
+                        log(f"auto compile: {label(best, True)} {t_c * 1000:.0f} ms after {compile_s:.0f}s of compiling")
+                if compile == 'auto' and (compiled_model._eager or not pick(times, 0.0, run_steps, budget_s)[1]):
+                    compiled_model = None  # slower than eager, or failed: the compile time is spent either way
+    use_compile = compiled_model is not None
+    why = "fastest measured" if len(times) > 1 else "the only candidate"
+    log(f"using dtype: {best}, compile: {use_compile} (auto: {why})")
+    return best, use_compile, compiled_model

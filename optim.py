@@ -1,0 +1,122 @@
+"""
+The optimizer train.py and bench.py build: nanoGPT's AdamW, or Muon for the blocks' weight
+matrices with AdamW for everything else.
+
+    python train.py config/train_shakespeare_char_cpu.py --optimizer=muon --muon_lr=0.02
+
+Muon (Jordan et al. 2024, "Muon: An optimizer for hidden layers in neural networks";
+Liu et al. 2025, "Muon is Scalable for LLM Training") replaces each 2-D update of a hidden layer
+by the nearest semi-orthogonal matrix (a Newton-Schulz iteration), so that every direction of the
+matrix learns at the same rate. It is defined for hidden weight matrices only: the token
+embedding (tied to the output layer), the position embedding, LayerNorm gains and biases stay
+with AdamW, as in modded-nanogpt and nanochat. PyTorch ships Muon as torch.optim.Muon (2.9+).
+"""
+
+import torch
+
+from common import UserError
+
+MUON_MIN_TORCH = (2, 9)
+
+
+def muon_param_split(model):
+    """(names for Muon, names for AdamW): the blocks' 2-D weights go to Muon."""
+    muon, adamw = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (muon if p.dim() == 2 and '.h.' in f'.{name}' else adamw).append(name)
+    return muon, adamw
+
+
+class MuonAdamW:
+    """Two optimizers stepped as one: torch.optim.Muon over the blocks' matrices and AdamW over the
+    rest. Exposes what train.py uses (param_groups, step, zero_grad, state_dict, load_state_dict);
+    each group remembers its own peak learning rate in 'peak_lr', which the schedule scales."""
+
+    kind = 'muon'
+
+    def __init__(self, muon, adamw):
+        self.muon, self.adamw = muon, adamw
+        self.optimizers = (adamw, muon)
+
+    @property
+    def param_groups(self):
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    @property
+    def defaults(self):
+        return self.adamw.defaults
+
+    @property
+    def state(self):
+        return {**self.adamw.state, **self.muon.state}
+
+    def step(self):
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none=True):
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self):
+        return {'kind': 'muon', 'adamw': self.adamw.state_dict(), 'muon': self.muon.state_dict()}
+
+    def load_state_dict(self, sd):
+        if not isinstance(sd, dict) or sd.get('kind') != 'muon':
+            raise ValueError("the checkpoint's optimizer state is AdamW's, not Muon's")
+        self.adamw.load_state_dict(sd['adamw'])
+        self.muon.load_state_dict(sd['muon'])
+
+    def inner_states(self, sd):
+        """(optimizer, its part of state dict sd) pairs, for checks that go optimizer by optimizer."""
+        return [(self.adamw, sd['adamw']), (self.muon, sd['muon'])]
+
+
+def check_muon_available():
+    have = tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2])
+    if have < MUON_MIN_TORCH or not hasattr(torch.optim, 'Muon'):
+        raise UserError(f"optimizer=muon needs torch.optim.Muon, in torch {'.'.join(map(str, MUON_MIN_TORCH))} "
+                        f"and later; this is torch {torch.__version__}: pip install 'torch>=2.9', or "
+                        f"use --optimizer=adamw")
+
+
+def build_optimizer(model, c, device_type):
+    """AdamW exactly as nanoGPT builds it (model.configure_optimizers), or MuonAdamW. `c` holds
+    optimizer, learning_rate, muon_lr, muon_momentum, weight_decay, beta1, beta2."""
+    if c.optimizer == 'adamw':
+        return model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device_type)
+    if c.optimizer != 'muon':
+        raise UserError(f"unknown optimizer {c.optimizer!r}: use adamw or muon (e.g. --optimizer=muon)")
+    check_muon_available()
+    params = dict(model.named_parameters())
+    muon_names, adamw_names = muon_param_split(model)
+    # AdamW keeps nanoGPT's two groups: embeddings decay, 1-D gains and biases do not
+    decay = [params[n] for n in adamw_names if params[n].dim() >= 2]
+    nodecay = [params[n] for n in adamw_names if params[n].dim() < 2]
+    groups = [{'params': decay, 'weight_decay': c.weight_decay, 'peak_lr': c.learning_rate},
+              {'params': nodecay, 'weight_decay': 0.0, 'peak_lr': c.learning_rate}]
+    fused = device_type in ('cuda', 'cpu')
+    try:
+        adamw = torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2), fused=fused)
+    except (RuntimeError, TypeError, ValueError):
+        adamw = torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2))
+    # the 'original' learning-rate adjustment: an update of a (rows, cols) matrix is scaled by
+    # sqrt(max(1, rows/cols)), so muon_lr is a step size per unit of spectral norm (~0.02)
+    muon = torch.optim.Muon([{'params': [params[n] for n in muon_names], 'peak_lr': c.muon_lr}],
+                            lr=c.muon_lr, momentum=c.muon_momentum, weight_decay=c.weight_decay)
+    n_muon = sum(params[n].numel() for n in muon_names)
+    n_adamw = sum(params[n].numel() for n in adamw_names)
+    print(f"Muon for {len(muon_names)} block matrices ({n_muon:,} parameters, lr {c.muon_lr}); "
+          f"AdamW for {len(adamw_names)} embedding, gain and bias tensors ({n_adamw:,} parameters, "
+          f"lr {c.learning_rate})")
+    return MuonAdamW(muon, adamw)
+
+
+def set_lr(optimizer, lr, learning_rate):
+    """Apply the schedule's learning rate `lr` (which peaks at `learning_rate`): AdamW's groups
+    take it as it is, as in nanoGPT; a group with its own peak ('peak_lr') follows in proportion."""
+    for group in optimizer.param_groups:
+        peak = group.get('peak_lr', learning_rate)
+        group['lr'] = lr if peak == learning_rate else peak * (lr / learning_rate)

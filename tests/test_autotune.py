@@ -1,0 +1,94 @@
+"""dtype and compile chosen by measurement on the CPU (autotune.py): candidates by machine, the
+choice by run length or time budget, the cache, and a trial that leaves the model and the random
+streams as they were. No timing is asserted: the choice is checked against the measured numbers."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import autotune
+import common
+from conftest import tiny_args
+from model import GPT, GPTConfig
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv('NANOGPT_CACHE_DIR', str(tmp_path / 'cache'))
+    return tmp_path / 'cache'
+
+
+def tiny(dropout=0.1):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=20, dropout=dropout))
+
+
+def test_pick_minimises_run_time_or_maximises_steps_in_a_budget():
+    times = {('float32', False): 1.0, ('bfloat16', False): 0.8, ('bfloat16', True): 0.5}
+    assert autotune.pick(times, 100.0, steps=10) == ('bfloat16', False)  # 8 s beats 5 s + 100 s compiling
+    assert autotune.pick(times, 100.0, steps=1000) == ('bfloat16', True)  # 600 s beats 800 s
+    assert autotune.pick(times, 100.0, seconds=150) == ('bfloat16', False)  # 187 steps beat 100
+    assert autotune.pick(times, 100.0, seconds=1000) == ('bfloat16', True)  # 1800 steps beat 1250
+    assert autotune.pick({('float32', False): 1.0}, None, steps=5) == ('float32', False)
+
+
+def test_measures_once_then_uses_the_cache_and_leaves_everything_as_it_was(cache_dir, monkeypatch):
+    monkeypatch.setattr(common, 'cpu_has_bf16_units', lambda: True)
+    model = tiny()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    model.dropout_masks.seed(3)
+    masks_state = model.dropout_masks.state()
+    rng = torch.get_rng_state()
+    lines = []
+    dtype, compiled, compiled_model = autotune.choose(model, 4, 'auto', False, run_steps=100, log=lines.append)
+    assert compiled is False and compiled_model is None
+    assert 'measured)' in lines[0] and 'float32 eager' in lines[0] and 'bfloat16 eager' in lines[0]
+    assert lines[-1].startswith(f'using dtype: {dtype}, compile: False (auto: fastest measured)')
+    with open(cache_dir / 'autotune.json') as f:
+        cache = json.load(f)
+    (key, entry), = cache.items()
+    assert 'batch 4 x 16' in key and f'torch {torch.__version__}' in key
+    assert set(entry['eager']) == {'float32', 'bfloat16'}
+    assert dtype == min(entry['eager'], key=entry['eager'].get)  # the fastest measured
+    # the trial changed nothing: weights, gradients, the CPU and dropout random streams
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng) and model.dropout_masks.state() == masks_state
+
+    lines.clear()
+    again = autotune.choose(model, 4, 'auto', False, run_steps=100, log=lines.append)
+    assert again[0] == dtype and 'cached in' in lines[0]
+    lines.clear()
+    autotune.choose(model, 8, 'auto', False, run_steps=100, log=lines.append)  # another batch shape
+    assert 'measured)' in lines[0]
+
+
+def test_without_bf16_units_only_float32_is_a_candidate(cache_dir, monkeypatch):
+    monkeypatch.setattr(common, 'cpu_has_bf16_units', lambda: False)
+    lines = []
+    assert autotune.choose(tiny(), 4, 'auto', False, run_steps=100, log=lines.append)[:2] == ('float32', False)
+    assert not any('bfloat16' in line for line in lines)
+    assert not (cache_dir / 'autotune.json').exists()  # nothing to measure: one candidate
+
+
+def test_compiling_is_not_tried_for_a_short_run(cache_dir, monkeypatch):
+    monkeypatch.setattr(common, 'cpu_has_bf16_units', lambda: False)
+    lines = []
+    dtype, compiled, _ = autotune.choose(tiny(), 4, 'auto', 'auto', run_steps=50, log=lines.append)
+    assert compiled is False
+    assert any(line.startswith('auto compile: not tried') for line in lines)
+    lines.clear()
+    autotune.choose(tiny(), 4, 'auto', 'auto', run_steps=None, budget_s=30, log=lines.append)
+    assert any('would not repay' in line for line in lines)
+
+
+def test_train_reports_and_stores_the_measured_choice(char_dataset, tmp_path, cache_dir, capsys):
+    import train
+    s = train.main(tiny_args(str(tmp_path / 'out'), char_dataset, dtype='auto', compile='auto', max_iters=2,
+                             eval_interval=2))
+    out = capsys.readouterr().out
+    assert 'auto dtype/compile: forward+backward of this model and batch' in out
+    assert s['config']['dtype'] in ('float32', 'bfloat16') and s['config']['compile'] is False
+    assert f"using dtype: {s['config']['dtype']}, compile: False" in out

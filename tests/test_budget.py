@@ -1,0 +1,138 @@
+"""The time budget (time_budget): the schedule follows the fraction of the budget spent, the run
+closes by itself with an evaluation and a checkpoint inside the budget, and a resumed run
+continues the clock."""
+
+import json
+import math
+import os
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import train
+from common import UserError
+from conftest import run_script, tiny_args
+from schedule import TimeBudget, get_lr
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_budget_progress_and_closing_follow_the_clock():
+    clock = Clock()
+    b = TimeBudget(100, clock=clock)
+    clock.now += 10  # setup: counts against the budget, not against the schedule
+    b.loop_started()
+    assert b.progress(eval_iters=10, grad_accum=1) == 0.0
+    for _ in range(3):
+        b.iter_done(1.0)
+    b.eval_s, b.save_s = 2.0, 0.5
+    reserve = b.reserve(10, 1)
+    assert reserve == pytest.approx(2.0 + 0.5 + 1.0)  # evaluation, save, 1% margin
+    horizon = 100 - reserve - 10
+    clock.now += horizon / 2
+    assert b.progress(10, 1) == pytest.approx(0.5)
+    assert not b.must_close(False, 10, 1)
+    clock.now = 1000 + 100 - reserve - 0.5  # not even one more 1 s iteration fits
+    assert b.must_close(False, 10, 1)
+    assert b.progress(10, 1) == pytest.approx(1.0, abs=0.02)
+    # an evaluation due before the next iteration needs its own time
+    clock.now = 1000 + 100 - reserve - 3
+    assert not b.must_close(False, 10, 1) and b.must_close(True, 10, 1)
+
+
+def test_budget_iteration_estimate_ignores_the_first_slow_iteration():
+    b = TimeBudget(60, clock=Clock())
+    b.iter_done(30.0)  # compilation
+    assert b.iter_s == 30.0  # nothing better known yet
+    for t in (1.0, 1.2, 0.9):
+        b.iter_done(t)
+    assert b.iter_s == 1.0
+
+
+def test_budget_state_resumes_the_clock():
+    clock = Clock()
+    b = TimeBudget(100, clock=clock)
+    clock.now += 5
+    b.loop_started()
+    clock.now += 40
+    st = b.state()
+    assert st == {'spent': 45.0, 'start': 5.0}
+    b2 = TimeBudget(100, spent=st['spent'], start=st['start'], clock=clock)
+    assert b2.spent() == 45.0 and b2.left() == 55.0
+
+
+def test_fractional_iteration_schedule():
+    c = SimpleNamespace(learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, lr_decay_iters=100)
+    assert get_lr(55.0, c) == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4))
+    assert get_lr(100.0, c) == pytest.approx(1e-4)
+    assert get_lr(4.5, c) == pytest.approx(1e-3 * 5.5 / 11)
+
+
+def decay_position(lr, c):
+    """Where in the cosine (0..1) a learning rate lies."""
+    coeff = (lr - c['min_lr']) / (c['learning_rate'] - c['min_lr'])
+    return math.acos(max(-1.0, min(1.0, 2 * coeff - 1))) / math.pi
+
+
+def read_metrics(out):
+    with open(os.path.join(out, 'metrics.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+BUDGET_RUN = dict(max_iters=10 ** 6, lr_decay_iters=1000, warmup_iters=10, learning_rate=1e-3,
+                  min_lr=1e-4, eval_interval=10 ** 6, log_interval=1)
+
+
+def test_budgeted_run_closes_itself_inside_the_budget(char_dataset, tmp_path, capsys):
+    out = str(tmp_path / 'out')
+    t0 = time.time()
+    summary = train.main(tiny_args(out, char_dataset, time_budget=4, **BUDGET_RUN))
+    wall = time.time() - t0
+    assert wall <= 4 * 1.25, wall  # in-process: the clock starts in main()
+    n = summary['iter_num']
+    assert n > 20 and sorted(summary['evals']) == [0, n]  # step 0, then the closing evaluation
+    saved = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
+    assert saved['iter_num'] == n and saved['time']['spent'] <= 4
+    stdout = capsys.readouterr().out
+    assert f"done: {n} iterations fitted in the 0m04s budget" in stdout
+    assert 'of budget left' in stdout
+    iters = [e for e in read_metrics(out) if e['event'] == 'iter']
+    assert len(iters) == n
+    assert iters[-1]['lr'] < 1e-4 + 0.1 * (1e-3 - 1e-4)  # the schedule has (nearly) reached min_lr
+
+
+def test_resumed_budget_continues_clock_and_schedule(char_dataset, tmp_path):
+    out = str(tmp_path / 'out')
+    train.main(tiny_args(out, char_dataset, time_budget=3, **BUDGET_RUN))
+    with pytest.raises(UserError, match=r'time budget is spent.*--time_budget=6'):
+        train.main(tiny_args(out, char_dataset, init_from='resume', time_budget=3, **BUDGET_RUN))
+    first = len(read_metrics(out))
+    train.main(tiny_args(out, char_dataset, init_from='resume', time_budget=6, **BUDGET_RUN))
+    resumed = [e for e in read_metrics(out)[first:] if e['event'] == 'iter']
+    # half the budget was spent: the schedule goes on from the middle of the cosine, not from warmup
+    assert 0.25 < decay_position(resumed[0]['lr'], BUDGET_RUN) < 0.75
+    assert decay_position(resumed[-1]['lr'], BUDGET_RUN) > 0.85
+
+
+def test_budget_command_line_exits_within_budget(char_dataset, tmp_path):
+    """The whole command, Python start-up and torch import included."""
+    t0 = time.time()
+    r = run_script('train.py', *tiny_args(str(tmp_path / 'out'), char_dataset, time_budget=5, **BUDGET_RUN),
+                   env={'OMP_NUM_THREADS': '1'})
+    wall = time.time() - t0
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'iterations fitted in the 0m05s budget' in r.stdout
+    assert wall <= 5 * 1.25, wall
+
+
+def test_bad_budget_is_one_line(char_dataset, tmp_path):
+    with pytest.raises(UserError, match='time_budget must be 0'):
+        train.main(tiny_args(str(tmp_path / 'out'), char_dataset, time_budget=-1))

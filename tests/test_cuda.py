@@ -1,0 +1,107 @@
+"""The CUDA paths, run where a GPU is present (skipped elsewhere, with the reason):
+
+    python -m pytest -q tests/test_cuda.py -rs          # on a machine with one or more NVIDIA GPUs
+
+bfloat16 + compile training steps, float16 with the gradient scaler, exact resume, cached against
+uncached sampling, pinned-memory batches, DDP and FSDP on 2 GPUs, bench.py --compare=True."""
+
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import train
+from conftest import PROJECT, run_script, tiny_args
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA GPU on this machine')
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason='needs 2 CUDA GPUs')
+
+
+def cuda_args(out, data, **kw):
+    return tiny_args(out, data, **dict(dict(device='cuda', dtype='float32', compile=False), **kw))
+
+
+def native_bf16():
+    return torch.cuda.get_device_capability() >= (8, 0)
+
+
+def test_bfloat16_compiled_training_steps(char_dataset, tmp_path):
+    if not native_bf16():
+        pytest.skip('this GPU has no native bfloat16 (compute capability < 8.0)')
+    s = train.main(cuda_args(str(tmp_path / 'out'), char_dataset, dtype='bfloat16', compile=True, max_iters=6,
+                             eval_interval=3, log_interval=1))
+    assert s['config']['dtype'] == 'bfloat16' and s['config']['compile'] is True
+    losses = [s['losses'][i] for i in sorted(s['losses'])]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+def test_float16_uses_the_gradient_scaler(char_dataset, tmp_path):
+    out = str(tmp_path / 'out')
+    s = train.main(cuda_args(out, char_dataset, dtype='float16', max_iters=6, eval_interval=3,
+                             always_save_checkpoint=True))
+    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
+    assert ckpt['scaler'] and ckpt['scaler']['scale'] > 0
+    assert s['losses'][6] < s['losses'][0]
+
+
+def test_auto_dtype_on_this_gpu(char_dataset, tmp_path, capsys):
+    s = train.main(cuda_args(str(tmp_path / 'out'), char_dataset, dtype='auto', max_iters=2, eval_interval=2))
+    assert s['config']['dtype'] == ('bfloat16' if native_bf16() else 'float16')
+
+
+def test_resume_on_cuda_continues_the_run(char_dataset, tmp_path):
+    """Batches and dropout masks (the CUDA generator is in the checkpoint) are the same; CUDA
+    kernels may differ in the last bits (atomics in the embedding backward)."""
+    kw = dict(max_iters=8, eval_interval=4, lr_decay_iters=8, dropout=0.1, gradient_accumulation_steps=2)
+    whole = train.main(cuda_args(str(tmp_path / 'whole'), char_dataset, **kw))
+    out = str(tmp_path / 'parts')
+    train.main(cuda_args(out, char_dataset, **dict(kw, max_iters=4)))
+    rest = train.main(cuda_args(out, char_dataset, init_from='resume', **kw))
+    for i in range(4, 9):
+        assert rest['losses'][i] == pytest.approx(whole['losses'][i], rel=1e-4)
+
+
+def test_cached_and_uncached_sampling_agree_on_cuda():
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=50, dropout=0.0)).cuda().eval()
+    x = torch.randint(50, (2, 5), device='cuda')
+    out = {}
+    for use_cache in (False, True):
+        torch.manual_seed(1)
+        out[use_cache] = model.generate(x, 40, temperature=0, use_cache=use_cache)  # greedy: past block_size too
+    assert torch.equal(out[False], out[True])
+
+
+def test_pinned_batches_arrive_on_the_gpu(char_dataset):
+    from dataset import Batches, open_split
+    c = SimpleNamespace(block_size=16, batch_size=4)
+    data = {s: open_split(char_dataset, s, char_dataset, 16, 30) for s in ('train', 'val')}
+    x, y = Batches(data, c, 'cuda', 'cuda').get('train')
+    torch.cuda.synchronize()
+    assert x.is_cuda and y.is_cuda and x.is_contiguous() and y.is_contiguous()
+    assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_bench_compare_on_cuda():
+    r = run_script('bench.py', '--device=cuda', '--compare=True', '--n_layer=2', '--n_head=2', '--n_embd=64',
+                   '--block_size=64', '--batch_size=8', '--iters=3', '--warmup=1')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'speed-up of the chosen settings' in r.stdout
+
+
+@two_gpus
+@pytest.mark.parametrize('fsdp', [False, True], ids=['ddp', 'fsdp'])
+def test_two_gpus_under_torchrun(char_dataset, tmp_path, fsdp):
+    out = tmp_path / 'out'
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+                        'train.py', *cuda_args(str(out), char_dataset, gradient_accumulation_steps=2, max_iters=4,
+                                               eval_interval=4, always_save_checkpoint=True, fsdp=fsdp,
+                                               dtype='bfloat16' if native_bf16() else 'float16')],
+                       cwd=PROJECT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    ckpt = torch.load(out / 'ckpt.pt', weights_only=True)
+    assert ckpt['iter_num'] == 4 and len(ckpt['rng_ranks']) == 2

@@ -1,0 +1,88 @@
+"""optimizer='muon': torch.optim.Muon for the blocks' matrices and AdamW for the rest, each with
+its own peak learning rate on one schedule; checkpoints the original reads; exact resume."""
+
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import optim
+import train
+from common import UserError
+from conftest import tiny_args
+from model import GPT, GPTConfig
+from test_reliability import ORIGINAL_GPTCONFIG_FIELDS, assert_plain
+
+MUON = dict(optimizer='muon', muon_lr=0.02)
+
+
+def small_model():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=30, bias=True))
+
+
+def settings(**kw):
+    c = dict(optimizer='muon', learning_rate=1e-3, muon_lr=0.02, muon_momentum=0.95, weight_decay=0.1,
+             beta1=0.9, beta2=0.95)
+    c.update(kw)
+    return SimpleNamespace(**c)
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_rest():
+    model = small_model()
+    opt = optim.build_optimizer(model, settings(), 'cpu')
+    names = {id(p): n for n, p in model.named_parameters()}
+    muon = {names[id(p)] for g in opt.muon.param_groups for p in g['params']}
+    adamw = {names[id(p)] for g in opt.adamw.param_groups for p in g['params']}
+    assert muon == {f'transformer.h.{i}.{m}.weight' for i in range(2)
+                    for m in ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')}
+    assert 'transformer.wte.weight' in adamw and 'transformer.wpe.weight' in adamw  # wte is lm_head too
+    assert muon.isdisjoint(adamw) and muon | adamw == set(names.values())
+    decay = {names[id(p)] for p in opt.adamw.param_groups[0]['params']}
+    assert decay == {'transformer.wte.weight', 'transformer.wpe.weight'}  # 1-D gains and biases do not decay
+    assert isinstance(opt.muon, torch.optim.Muon)
+
+
+def test_each_group_follows_the_schedule_from_its_own_peak():
+    opt = optim.build_optimizer(small_model(), settings(), 'cpu')
+    optim.set_lr(opt, 5e-4, 1e-3)  # half way down from the peak
+    lrs = sorted({g['lr'] for g in opt.param_groups})
+    assert lrs == [5e-4, pytest.approx(0.01)]
+    adamw = optim.build_optimizer(small_model(), settings(optimizer='adamw'), 'cpu')
+    optim.set_lr(adamw, 3.3e-4, 1e-3)
+    assert {g['lr'] for g in adamw.param_groups} == {3.3e-4}  # exactly the original's value
+
+
+def test_muon_trains_resumes_exactly_and_the_original_reads_its_checkpoint(char_dataset, tmp_path):
+    kw = dict(MUON, max_iters=8, eval_interval=4, lr_decay_iters=8, dropout=0.1, always_save_checkpoint=True)
+    whole = train.main(tiny_args(str(tmp_path / 'whole'), char_dataset, **kw))
+    assert whole['losses'][8] < whole['losses'][0] - 0.15
+    out = str(tmp_path / 'parts')
+    train.main(tiny_args(out, char_dataset, **dict(kw, max_iters=4)))
+    rest = train.main(tiny_args(out, char_dataset, init_from='resume', **kw))
+    assert rest['losses'] == {i: whole['losses'][i] for i in range(4, 9)}  # bit for bit, float32 CPU
+
+    ckpt = torch.load(os.path.join(out, 'ckpt.pt'), map_location='cpu')
+    assert_plain(ckpt)
+    assert ckpt['optimizer']['kind'] == 'muon' and ckpt['config']['optimizer'] == 'muon'
+    assert set(ckpt['model_args']) <= ORIGINAL_GPTCONFIG_FIELDS
+    model = GPT(GPTConfig(**ckpt['model_args']))  # what the original's sample.py does
+    model.load_state_dict(ckpt['model'])
+
+    with pytest.raises(UserError, match='trained with optimizer=muon.*--optimizer=muon'):
+        train.main(tiny_args(out, char_dataset, init_from='resume', optimizer='adamw', max_iters=12))
+
+
+def test_muon_errors_are_one_line(char_dataset, tmp_path, monkeypatch):
+    with pytest.raises(UserError, match='unknown optimizer'):
+        train.main(tiny_args(str(tmp_path / 'a'), char_dataset, optimizer='sgd'))
+    with pytest.raises(UserError, match='muon_lr'):
+        train.main(tiny_args(str(tmp_path / 'b'), char_dataset, optimizer='muon', muon_lr=0))
+    monkeypatch.setenv('RANK', '0')  # as under torchrun: refused before any process group exists
+    with pytest.raises(UserError, match='fsdp'):
+        train.main(tiny_args(str(tmp_path / 'c'), char_dataset, optimizer='muon', fsdp=True))
+    monkeypatch.delenv('RANK')
+    monkeypatch.setattr(torch, '__version__', '2.8.1+cpu')
+    with pytest.raises(UserError, match=r'torch 2\.9 and later.*2\.8\.1'):
+        optim.build_optimizer(small_model(), settings(), 'cpu')
