@@ -78,8 +78,25 @@ def store(key, entry):
         common.warn_once(f"cannot write {path} ({e.strerror}): the dtype/compile measurement is not cached")
 
 
-def label(dtype, compiled):
-    return f"{dtype} {'compiled' if compiled else 'eager'}"
+def label(key, compiled=False):
+    """'bfloat16' -> 'bfloat16 eager'; 'bfloat16+math' -> 'bfloat16 eager, attention written out'."""
+    dtype, _, attn = key.partition('+')
+    return f"{dtype} {'compiled' if compiled else 'eager'}" + (', attention written out' if attn else '')
+
+
+def candidates(model, dtype):
+    """'float32', 'bfloat16' (where the CPU has bf16 units, or when asked for) and, without
+    dropout, 'bfloat16+math': attention as matmuls and softmax instead of torch's fused CPU
+    kernel, which measures slower in bfloat16 at short block sizes on some CPUs. float32 keeps
+    the fused kernel and with it the original's numbers; with dropout the CPU path is written
+    out anyway (model.Dropout)."""
+    dtypes = [dtype] if dtype != 'auto' else ['float32'] + (['bfloat16'] if common.cpu_has_bf16_units() else [])
+    keys = []
+    for d in dtypes:
+        keys.append(d)
+        if d != 'float32' and model.config.dropout == 0:
+            keys.append(f'{d}+math')
+    return keys
 
 
 class Trial:
@@ -94,7 +111,9 @@ class Trial:
         self.y = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), generator=g)
         self.model = model
 
-    def step(self, fwd, dtype):
+    def step(self, fwd, key):
+        dtype, _, attn = key.partition('+')
+        self.model.set_math_attention(bool(attn))
         t0 = time.perf_counter()
         with common.autocast_ctx('cpu', dtype):
             _, loss = fwd(self.x, self.y)
@@ -110,21 +129,22 @@ class Trial:
 
     def __exit__(self, *exc):
         self.model.zero_grad(set_to_none=True)
+        self.model.set_math_attention(False)
         torch.set_rng_state(self.rng)
         self.model.dropout_masks.set_state(self.masks)
         self.model.train(self.was_training)
 
 
-def measure_eager(trial, dtypes):
-    """Median seconds per micro-step of each dtype, after one untimed warm-up step each; the
-    timed steps alternate between dtypes so that a change in machine load hits all alike."""
-    warm = {d: trial.step(trial.model, d) for d in dtypes}
+def measure_eager(trial, keys):
+    """Median seconds per micro-step of each candidate, after one untimed warm-up step each; the
+    timed steps alternate between candidates so that a change in machine load hits all alike."""
+    warm = {k: trial.step(trial.model, k) for k in keys}
     rounds = int(max(1, min(5, TRIAL_SECONDS / sum(warm.values()))))
-    times = {d: [] for d in dtypes}
+    times = {k: [] for k in keys}
     for _ in range(rounds):
-        for d in dtypes:
-            times[d].append(trial.step(trial.model, d))
-    return {d: sorted(t)[len(t) // 2] for d, t in times.items()}
+        for k in keys:
+            times[k].append(trial.step(trial.model, k))
+    return {k: sorted(t)[len(t) // 2] for k, t in times.items()}
 
 
 def compile_guess(cache, n_layer):
@@ -148,18 +168,18 @@ def pick(times, compile_s, steps=None, seconds=None):
 
 
 def choose(model, batch_size, dtype, compile, run_steps, budget_s=None, compile_ok=True, log=print):
-    """(dtype, compile, compiled model or None) for CPU training. dtype/compile: 'auto' or fixed.
-    run_steps: micro-steps the run will take (without a budget); budget_s: seconds left in a
-    time budget. compile_ok: False where compiling cannot work (no C++ compiler)."""
-    dtypes = [dtype] if dtype != 'auto' else ['float32'] + (['bfloat16'] if common.cpu_has_bf16_units() else [])
+    """(dtype, math attention, compile, compiled model or None) for CPU training. dtype, compile:
+    'auto' or fixed. run_steps: micro-steps the run will take (without a budget); budget_s:
+    seconds left in a time budget. compile_ok: False where compiling cannot work."""
+    keys = candidates(model, dtype)
     cache = load_cache()
     key = cache_key(model.config, batch_size)
     entry = cache.get(key) or {}
-    eager = {d: entry['eager'][d] for d in dtypes if d in entry.get('eager', {})}
+    eager = {k: entry['eager'][k] for k in keys if k in entry.get('eager', {})}
     compiled_model = None
     with Trial(model, batch_size) as trial:
-        if len(eager) < len(dtypes) and (len(dtypes) > 1 or compile == 'auto'):
-            eager = measure_eager(trial, dtypes)
+        if len(eager) < len(keys) and (len(keys) > 1 or compile == 'auto'):
+            eager = measure_eager(trial, keys)
             entry = dict(entry, eager=dict(entry.get('eager', {}), **eager), n_layer=model.config.n_layer,
                          cpu=cpu_name(), when=time.strftime('%Y-%m-%d %H:%M:%S'))
             store(key, entry)
@@ -168,16 +188,17 @@ def choose(model, batch_size, dtype, compile, run_steps, budget_s=None, compile_
             source = f"measured earlier, cached in {cache_file()}"
         if eager:
             log(f"auto dtype/compile: forward+backward of this model and batch ({source}): "
-                + ", ".join(f"{label(d, False)} {t * 1000:.0f} ms" for d, t in sorted(eager.items())))
-        best = min(eager, key=eager.get) if eager else dtypes[0]
-        times = {(d, False): t for d, t in eager.items()} or {(best, False): 1.0}
+                + "; ".join(f"{label(k)} {t * 1000:.0f} ms" for k, t in sorted(eager.items(), key=lambda kv: kv[1])))
+        best = min(eager, key=eager.get) if eager else keys[0]
+        dtype = best.partition('+')[0]
+        times = {(k, False): t for k, t in eager.items()} or {(best, False): 1.0}
         compile_s = entry.get('compile_s')
         if compile is True or (compile == 'auto' and compile_ok):
-            cached_compiled = entry.get('compiled', {}).get(best)
+            cached_compiled = entry.get('compiled', {}).get(dtype)
             if compile is True:
                 want = True
             elif cached_compiled is not None:
-                times[(best, True)] = cached_compiled
+                times[(dtype, True)] = cached_compiled
                 want = pick(times, compile_s, run_steps, budget_s)[1]
             else:
                 guess = compile_guess(cache, model.config.n_layer)
@@ -188,20 +209,22 @@ def choose(model, batch_size, dtype, compile, run_steps, budget_s=None, compile_
             if want:
                 log("compiling the model... (the first iterations are slow)")
                 compiled_model = common.compile_model(model)
-                if compile == 'auto' and cached_compiled is None and not getattr(compiled_model, '_eager', False):
+                if compile == 'auto' and cached_compiled is None:
                     t0 = time.perf_counter()
-                    trial.step(compiled_model, best)  # compiles
+                    trial.step(compiled_model, dtype)  # compiles
                     first = time.perf_counter() - t0
                     if not compiled_model._eager:
-                        t_c = sorted(trial.step(compiled_model, best) for _ in range(3))[1]
+                        t_c = sorted(trial.step(compiled_model, dtype) for _ in range(3))[1]
                         compile_s = max(0.0, first - t_c)
-                        entry = dict(entry, compile_s=compile_s, compiled=dict(entry.get('compiled', {}), **{best: t_c}))
+                        entry = dict(entry, compile_s=compile_s, compiled=dict(entry.get('compiled', {}), **{dtype: t_c}))
                         store(key, entry)
-                        times[(best, True)] = t_c
-                        log(f"auto compile: {label(best, True)} {t_c * 1000:.0f} ms after {compile_s:.0f}s of compiling")
+                        times[(dtype, True)] = t_c
+                        log(f"auto compile: {label(dtype, True)} {t_c * 1000:.0f} ms after {compile_s:.0f}s of compiling")
                 if compile == 'auto' and (compiled_model._eager or not pick(times, 0.0, run_steps, budget_s)[1]):
                     compiled_model = None  # slower than eager, or failed: the compile time is spent either way
     use_compile = compiled_model is not None
+    math_attention = not use_compile and best.endswith('+math')
     why = "fastest measured" if len(times) > 1 else "the only candidate"
-    log(f"using dtype: {best}, compile: {use_compile} (auto: {why})")
-    return best, use_compile, compiled_model
+    log(f"using dtype: {dtype}, compile: {use_compile}" + (", attention written out" if math_attention else "")
+        + f" (auto: {why})")
+    return dtype, math_attention, use_compile, compiled_model

@@ -80,6 +80,7 @@ class Setup(NamedTuple):
     fused: bool = True  # fused AdamW kernel (else foreach)
     optimizer: str = 'adamw'
     original: bool = False  # torch's own CPU dropout (bernoulli_ masks, SDPA's math path), as nanoGPT
+    math: bool = False  # CPU attention written out (model.set_math_attention)
 
 
 ORIGINAL = Setup('float32', False, fused=False, original=True)  # the original's step on a CPU
@@ -96,6 +97,7 @@ class TrainStep:
             for m in self.model.modules():
                 if hasattr(m, 'masks'):
                     m.masks = None
+        self.model.set_math_attention(setup.math)
         oc = SimpleNamespace(optimizer=setup.optimizer, learning_rate=c.learning_rate, muon_lr=c.muon_lr,
                              muon_momentum=0.95, weight_decay=c.weight_decay, beta1=c.beta1, beta2=c.beta2)
         if setup.optimizer == 'adamw':
@@ -119,7 +121,8 @@ class TrainStep:
         compiled = s.compile and not getattr(self.fwd, '_eager', False)  # False after a fallback
         opt = 'Muon' if s.optimizer == 'muon' else 'fused' if self.fused else 'foreach'
         drop = ', torch dropout' if s.original and self.c.dropout > 0 else ''
-        return f"{s.dtype} {'compiled' if compiled else 'eager'} {opt}{drop}"
+        attn = ', attention written out' if s.math and not compiled else ''
+        return f"{s.dtype} {'compiled' if compiled else 'eager'} {opt}{drop}{attn}"
 
     def step(self):
         """One optimizer step; returns the seconds it took, the device waited for."""
@@ -171,13 +174,13 @@ def chosen_setup(c, dev, device_type):
         why_not = common.compile_unavailable(device_type)
         compile_ = False if (why_not and c.compile is True) else c.compile
         steps = (c.run_iters + 1) * c.gradient_accumulation_steps
-        dtype, compile_, _ = autotune.choose(build_model(c, dev), c.batch_size, fixed, compile_, steps,
-                                             c.run_budget or None, not why_not)
+        dtype, math_attention, compile_, _ = autotune.choose(build_model(c, dev), c.batch_size, fixed, compile_,
+                                                             steps, c.run_budget or None, not why_not)
     else:
         dtype = common.resolve_dtype(c.dtype, device_type, device=dev)
-        compile_ = common.resolve_compile(c.compile, device_type)
+        compile_, math_attention = common.resolve_compile(c.compile, device_type), False
     fused = device_type in ('cpu', 'cuda') if c.fused == 'auto' else c.fused  # as configure_optimizers
-    return Setup(dtype, compile_, fused, c.optimizer)
+    return Setup(dtype, compile_, fused, c.optimizer, math=math_attention)
 
 
 def parse_settings(argv):
@@ -285,6 +288,8 @@ def main(argv=None):
         for d in dict.fromkeys(['float32', chosen.dtype] + (['bfloat16'] if common.cpu_has_bf16_units() else [])):
             for comp in ([False, True] if can_compile else [False]):
                 setups.append(Setup(d, comp, chosen.fused, c.optimizer))
+            if device_type == 'cpu' and d != 'float32' and c.dropout == 0:
+                setups.append(Setup(d, False, chosen.fused, c.optimizer, math=True))
         other = 'muon' if c.optimizer == 'adamw' else 'adamw'
         setups.append(chosen._replace(optimizer=other))
         setups = list(dict.fromkeys(setups))  # each once, in order

@@ -151,6 +151,7 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
         self.kv_cache = None  # set by GPT.setup_cache for generation
+        self.math_training = False  # CPU training through written-out attention (GPT.set_math_attention)
 
     def forward(self, x, pos=None, last_only=False):
         B, T, C = x.size()  # batch, sequence length, embedding width (n_embd)
@@ -158,14 +159,17 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if pos is None and self.attn_dropout.fast(x):
-            # CPU training with dropout: torch has no fused CPU attention kernel with dropout (SDPA
-            # falls back to this same math with bernoulli_ masks), so the math is written out and
-            # the probabilities are dropped with fast masks
+        if pos is None and (self.attn_dropout.fast(x) or (self.math_training and self.training
+                                                          and not torch.compiler.is_compiling())):
+            # CPU training: torch has no fused CPU attention kernel with dropout (SDPA falls back to
+            # this same math with bernoulli_ masks), so the math is written out and the
+            # probabilities are dropped with fast masks. Without dropout autotune.py may pick this
+            # path too, where it measures faster than the fused kernel (bfloat16, short blocks).
             att = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1)  # (B, nh, T, T)
-            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
-            att = att.masked_fill(future, float('-inf')).softmax(dim=-1)
-            y = self.attn_dropout(att) @ v  # (B, nh, T, hs)
+            # the causal mask as an added -inf bias: unlike masked_fill, its backward is free
+            future = torch.full((T, T), float('-inf'), dtype=att.dtype, device=x.device).triu(1)
+            att = (att + future).softmax(dim=-1)
+            y = (self.attn_dropout(att) if self.dropout > 0 else att) @ v  # (B, nh, T, hs)
         elif pos is None:
             # training and the uncached reference: causal attention over the T positions given;
             # fused kernels (flash attention) with their own dropout where the device has them
@@ -289,6 +293,12 @@ class GPT(nn.Module):
             logits = self.lm_head(x[:, [-1], :])  # (b, 1, vocab)
             loss = None
         return logits, loss
+
+    def set_math_attention(self, on):
+        """Train on a CPU with attention written out as matmuls and softmax instead of torch's
+        fused kernel (autotune.py measures both). Dropout on a CPU always takes this path."""
+        for block in self.transformer.h:
+            block.attn.math_training = on
 
     @property
     def gelu_approximate(self):

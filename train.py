@@ -200,13 +200,14 @@ def choose_dtype_and_compile(model, c, device_type, ddp, start_iter, budget):
         common.warn_once(f"torch.compile unavailable ({why_not}); running eager")
         c.compile = False
     steps = (c.max_iters - start_iter + 1) * c.gradient_accumulation_steps
-    dtype, use_compile, compiled = autotune.choose(model, c.batch_size, c.dtype, c.compile, steps,
-                                                   budget.left() if budget else None, not why_not)
+    dtype, math_attention, use_compile, compiled = autotune.choose(
+        model, c.batch_size, c.dtype, c.compile, steps, budget.left() if budget else None, not why_not)
     if ddp:  # every rank measured; rank 0's choice holds for all
-        choice = [dtype, use_compile]
+        choice = [dtype, math_attention, use_compile]
         dist.broadcast_object_list(choice, src=0)
-        dtype, use_compile = choice
+        dtype, math_attention, use_compile = choice
         compiled = (compiled or common.compile_model(model)) if use_compile else None
+    model.set_math_attention(math_attention)
     c.dtype, c.compile = dtype, use_compile
     return compiled
 

@@ -42,8 +42,9 @@ def test_measures_once_then_uses_the_cache_and_leaves_everything_as_it_was(cache
     masks_state = model.dropout_masks.state()
     rng = torch.get_rng_state()
     lines = []
-    dtype, compiled, compiled_model = autotune.choose(model, 4, 'auto', False, run_steps=100, log=lines.append)
-    assert compiled is False and compiled_model is None
+    dtype, math_attention, compiled, compiled_model = autotune.choose(model, 4, 'auto', False, run_steps=100,
+                                                                      log=lines.append)
+    assert compiled is False and compiled_model is None and math_attention is False  # dropout: no candidate
     assert 'measured)' in lines[0] and 'float32 eager' in lines[0] and 'bfloat16 eager' in lines[0]
     assert lines[-1].startswith(f'using dtype: {dtype}, compile: False (auto: fastest measured)')
     with open(cache_dir / 'autotune.json') as f:
@@ -51,7 +52,7 @@ def test_measures_once_then_uses_the_cache_and_leaves_everything_as_it_was(cache
     (key, entry), = cache.items()
     assert 'batch 4 x 16' in key and f'torch {torch.__version__}' in key
     assert set(entry['eager']) == {'float32', 'bfloat16'}
-    assert dtype == min(entry['eager'], key=entry['eager'].get)  # the fastest measured
+    assert dtype == min(entry['eager'], key=entry['eager'].get)  # the fastest measured (no '+math': dropout)
     # the trial changed nothing: weights, gradients, the CPU and dropout random streams
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
@@ -68,7 +69,7 @@ def test_measures_once_then_uses_the_cache_and_leaves_everything_as_it_was(cache
 def test_without_bf16_units_only_float32_is_a_candidate(cache_dir, monkeypatch):
     monkeypatch.setattr(common, 'cpu_has_bf16_units', lambda: False)
     lines = []
-    assert autotune.choose(tiny(), 4, 'auto', False, run_steps=100, log=lines.append)[:2] == ('float32', False)
+    assert autotune.choose(tiny(), 4, 'auto', False, run_steps=100, log=lines.append)[:3] == ('float32', False, False)
     assert not any('bfloat16' in line for line in lines)
     assert not (cache_dir / 'autotune.json').exists()  # nothing to measure: one candidate
 
@@ -76,7 +77,7 @@ def test_without_bf16_units_only_float32_is_a_candidate(cache_dir, monkeypatch):
 def test_compiling_is_not_tried_for_a_short_run(cache_dir, monkeypatch):
     monkeypatch.setattr(common, 'cpu_has_bf16_units', lambda: False)
     lines = []
-    dtype, compiled, _ = autotune.choose(tiny(), 4, 'auto', 'auto', run_steps=50, log=lines.append)
+    dtype, _, compiled, _ = autotune.choose(tiny(), 4, 'auto', 'auto', run_steps=50, log=lines.append)
     assert compiled is False
     assert any(line.startswith('auto compile: not tried') for line in lines)
     lines.clear()
@@ -92,3 +93,17 @@ def test_train_reports_and_stores_the_measured_choice(char_dataset, tmp_path, ca
     assert 'auto dtype/compile: forward+backward of this model and batch' in out
     assert s['config']['dtype'] in ('float32', 'bfloat16') and s['config']['compile'] is False
     assert f"using dtype: {s['config']['dtype']}, compile: False" in out
+
+
+def test_without_dropout_written_out_attention_is_a_bf16_candidate(cache_dir, monkeypatch):
+    monkeypatch.setattr(common, 'cpu_has_bf16_units', lambda: True)
+    model = tiny(dropout=0.0)
+    lines = []
+    dtype, math_attention, _, _ = autotune.choose(model, 4, 'auto', False, run_steps=100, log=lines.append)
+    with open(cache_dir / 'autotune.json') as f:
+        (entry,) = json.load(f).values()
+    assert set(entry['eager']) == {'float32', 'bfloat16', 'bfloat16+math'}
+    best = min(entry['eager'], key=entry['eager'].get)
+    assert (dtype, math_attention) == (best.partition('+')[0], best.endswith('+math'))
+    assert all(not blk.attn.math_training for blk in model.transformer.h)  # the trial put it back
+    assert autotune.candidates(model, 'float32') == ['float32']  # float32 keeps the fused kernel

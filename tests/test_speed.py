@@ -147,7 +147,7 @@ def test_train_runs_eager_when_compile_impossible(tmp_path, char_dataset, broken
 def test_bench_runs_eager_when_compile_fails(tmp_path):
     env = fake_compiler_path(tmp_path, True)
     r = run_script('bench.py', '--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=2',
-                   '--device=cpu', '--compile=True', '--warmup=1', '--iters=1', env=env)
+                   '--device=cpu', '--dtype=float32', '--compile=True', '--warmup=1', '--iters=1', env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     warnings = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(warnings) == 1 and warnings[0].startswith('warning: torch.compile failed'), r.stderr
