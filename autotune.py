@@ -12,6 +12,9 @@ when the run is long enough that the expected saving repays the compile time; it
 kept too. The measurements are cached per machine, torch version and model/batch shape in
 ~/.cache/nanogpt/autotune.json (NANOGPT_CACHE_DIR or XDG_CACHE_HOME move it), so the next run
 starts at once. The model's weights and the random streams are left exactly as they were.
+
+train.py asks choose_dtype_and_compile, which measures on a CPU and applies the rule of
+devices.py (resolve_dtype, resolve_compile) on GPUs and MPS.
 """
 
 import json
@@ -20,7 +23,8 @@ import time
 
 import torch
 
-import common
+import devices
+from errors import UserError, warn_once
 
 TRIAL_SECONDS = 4.0  # time for the timed eager micro-steps of all candidates together
 # compiling is tried when the run's expected saving, at this fraction of its eager time, is more
@@ -49,7 +53,7 @@ def cpu_name():
 
 def cache_key(cfg, batch_size):
     """Machine, software and shape: what the timings depend on."""
-    return (f"{cpu_name()} | bf16 units {common.cpu_has_bf16_units()} | {torch.get_num_threads()} threads | "
+    return (f"{cpu_name()} | bf16 units {devices.cpu_has_bf16_units()} | {torch.get_num_threads()} threads | "
             f"torch {torch.__version__} | {cfg.n_layer}x{cfg.n_embd} h{cfg.n_head} vocab {cfg.vocab_size} "
             f"bias {cfg.bias} dropout {cfg.dropout} | batch {batch_size} x {cfg.block_size}")
 
@@ -75,7 +79,7 @@ def store(key, entry):
             json.dump(data, f, indent=1, sort_keys=True)
         os.replace(tmp, path)
     except OSError as e:  # a read-only home only costs a re-measurement next time
-        common.warn_once(f"cannot write {path} ({e.strerror}): the dtype/compile measurement is not cached")
+        warn_once(f"cannot write {path} ({e.strerror}): the dtype/compile measurement is not cached")
 
 
 def label(key, compiled=False):
@@ -90,7 +94,7 @@ def candidates(model, dtype):
     kernel, which measures slower in bfloat16 at short block sizes on some CPUs. float32 keeps
     the fused kernel and with it the original's numbers; with dropout the CPU path is written
     out anyway (model.Dropout)."""
-    dtypes = [dtype] if dtype != 'auto' else ['float32'] + (['bfloat16'] if common.cpu_has_bf16_units() else [])
+    dtypes = [dtype] if dtype != 'auto' else ['float32'] + (['bfloat16'] if devices.cpu_has_bf16_units() else [])
     keys = []
     for d in dtypes:
         keys.append(d)
@@ -115,7 +119,7 @@ class Trial:
         dtype, _, attn = key.partition('+')
         self.model.set_math_attention(bool(attn))
         t0 = time.perf_counter()
-        with common.autocast_ctx('cpu', dtype):
+        with devices.autocast_ctx('cpu', dtype):
             _, loss = fwd(self.x, self.y)
         loss.backward()
         return time.perf_counter() - t0
@@ -208,7 +212,7 @@ def choose(model, batch_size, dtype, compile, run_steps, budget_s=None, compile_
                     log(f"auto compile: not tried (a run of ~{run_s:.0f}s would not repay ~{guess:.0f}s of compiling)")
             if want:
                 log("compiling the model... (the first iterations are slow)")
-                compiled_model = common.compile_model(model)
+                compiled_model = devices.compile_model(model)
                 if compile == 'auto' and cached_compiled is None:
                     t0 = time.perf_counter()
                     trial.step(compiled_model, dtype)  # compiles
@@ -228,3 +232,33 @@ def choose(model, batch_size, dtype, compile, run_steps, budget_s=None, compile_
     log(f"using dtype: {dtype}, compile: {use_compile}" + (", attention written out" if math_attention else "")
         + f" (auto: {why})")
     return dtype, math_attention, use_compile, compiled_model
+
+
+def choose_dtype_and_compile(model, c, device_type, ddp, start_iter, budget):
+    """Resolve c.dtype and c.compile for a training run: 'auto' by measurement on a CPU (choose),
+    by rule on GPUs and MPS. Returns the compiled model when the measurement has compiled it
+    already. Under torchrun every rank calls it: rank 0's measured choice holds for all."""
+    measure = device_type == 'cpu' and 'auto' in (c.dtype, c.compile) and not (c.fsdp and ddp)
+    if c.dtype != 'auto' or not measure:
+        c.dtype = devices.resolve_dtype(c.dtype, device_type, device=c.device)  # checks a fixed choice
+    if not measure:
+        c.compile = devices.resolve_compile(c.compile, device_type)
+        return None
+    if c.compile not in ('auto', True, False):
+        raise UserError(f"compile must be True, False or auto, got {c.compile!r}")
+    why_not = devices.compile_unavailable('cpu')
+    if why_not and c.compile is True:
+        warn_once(f"torch.compile unavailable ({why_not}); running eager")
+        c.compile = False
+    steps = (c.max_iters - start_iter + 1) * c.gradient_accumulation_steps
+    dtype, math_attention, use_compile, compiled = choose(
+        model, c.batch_size, c.dtype, c.compile, steps, budget.left() if budget else None, not why_not)
+    if ddp:  # every rank measured; rank 0's choice holds for all
+        import torch.distributed as dist
+        choice = [dtype, math_attention, use_compile]
+        dist.broadcast_object_list(choice, src=0)
+        dtype, math_attention, use_compile = choice
+        compiled = (compiled or devices.compile_model(model)) if use_compile else None
+    model.set_math_attention(math_attention)
+    c.dtype, c.compile = dtype, use_compile
+    return compiled

@@ -22,9 +22,10 @@ from typing import NamedTuple
 import torch
 
 import autotune
-import common
+import devices
 import train
 from configurator import apply_overrides, parse_argv
+from errors import UserError, run_cli
 from model import GPT, GPTConfig
 from optim import build_optimizer
 
@@ -90,7 +91,7 @@ class TrainStep:
     """One setup of the training step: a model, its optimizer and fixed random batches."""
 
     def __init__(self, c, dev, setup):
-        device_type = common.device_type_of(dev)
+        device_type = devices.device_type_of(dev)
         self.c, self.setup = c, setup
         self.model = build_model(c, dev)
         if setup.original:
@@ -107,8 +108,8 @@ class TrainStep:
         else:
             self.optimizer = build_optimizer(self.model, oc, device_type)
             self.fused = True
-        self.fwd = common.compile_model(self.model) if setup.compile else self.model
-        self.ctx = common.autocast_ctx(device_type, setup.dtype)
+        self.fwd = devices.compile_model(self.model) if setup.compile else self.model
+        self.ctx = devices.autocast_ctx(device_type, setup.dtype)
         g = torch.Generator().manual_seed(c.seed)
         shape = (c.gradient_accumulation_steps, c.batch_size, c.block_size)
         self.x = torch.randint(c.vocab_size, shape, generator=g).to(dev)
@@ -142,7 +143,7 @@ class TrainStep:
     def report(self, dev, peak_override):
         dt = sorted(self.times)[len(self.times) // 2]
         tok_s = self.c.gradient_accumulation_steps * self.c.batch_size * self.c.block_size / dt
-        peak, src = common.peak_flops(dev, self.setup.dtype, peak_override)
+        peak, src = devices.peak_flops(dev, self.setup.dtype, peak_override)
         mfu = self.model.estimate_mfu(self.c.batch_size * self.c.gradient_accumulation_steps, dt, peak)
         return dict(name=self.name, setup=self.setup, dt=dt, tok_s=tok_s, mfu=mfu, peak=peak, peak_src=src,
                     warmup_s=self.warmup_s)
@@ -170,15 +171,15 @@ def chosen_setup(c, dev, device_type):
     """What train.py would run with these settings: dtype and compile measured on a CPU
     (autotune.py, for a run of the config file's max_iters or time_budget), by rule elsewhere."""
     if device_type == 'cpu' and 'auto' in (c.dtype, c.compile):
-        fixed = common.resolve_dtype(c.dtype, device_type) if c.dtype != 'auto' else 'auto'
-        why_not = common.compile_unavailable(device_type)
+        fixed = devices.resolve_dtype(c.dtype, device_type) if c.dtype != 'auto' else 'auto'
+        why_not = devices.compile_unavailable(device_type)
         compile_ = False if (why_not and c.compile is True) else c.compile
         steps = (c.run_iters + 1) * c.gradient_accumulation_steps
         dtype, math_attention, compile_, _ = autotune.choose(build_model(c, dev), c.batch_size, fixed, compile_,
                                                              steps, c.run_budget or None, not why_not)
     else:
-        dtype = common.resolve_dtype(c.dtype, device_type, device=dev)
-        compile_, math_attention = common.resolve_compile(c.compile, device_type), False
+        dtype = devices.resolve_dtype(c.dtype, device_type, device=dev)
+        compile_, math_attention = devices.resolve_compile(c.compile, device_type), False
     fused = device_type in ('cpu', 'cuda') if c.fused == 'auto' else c.fused  # as configure_optimizers
     return Setup(dtype, compile_, fused, c.optimizer, math=math_attention)
 
@@ -205,12 +206,12 @@ def bench_sample(c, dev, shape, max_new_tokens):
     temperature 0.8, top_k 200), uncached reference vs KV cache, random weights. The two paths
     alternate sample by sample, so a change in machine load hits both alike; each pair starts
     from the same seed, so the tokens must agree (in float32). Returns a dict for the table."""
-    device_type = common.device_type_of(dev)
+    device_type = devices.device_type_of(dev)
     torch.manual_seed(c.seed)
     cfg = GPTConfig(dropout=0.0, **shape)
     model = GPT(cfg).to(dev).eval()
-    dtype = common.resolve_dtype(c.dtype, device_type, device=dev)  # what sample.py would pick
-    ctx = common.autocast_ctx(device_type, dtype)
+    dtype = devices.resolve_dtype(c.dtype, device_type, device=dev)  # what sample.py would pick
+    ctx = devices.autocast_ctx(device_type, dtype)
     x = torch.randint(cfg.vocab_size, (1, c.prompt_len), generator=torch.Generator().manual_seed(c.seed)).to(dev)
     seconds = {False: 0.0, True: 0.0}
     cpu = {False: 0.0, True: 0.0}  # process CPU time: on a shared machine it moves less than wall time
@@ -235,12 +236,12 @@ def bench_sample(c, dev, shape, max_new_tokens):
 
 def main(argv=None):
     c = parse_settings(sys.argv[1:] if argv is None else argv)
-    dev = common.resolve_device(c.device)
-    device_type = common.device_type_of(dev)
+    dev = devices.resolve_device(c.device)
+    device_type = devices.device_type_of(dev)
     if c.mode == 'sample':
         if c.num_samples < 1 or c.max_new_tokens < 1 or c.prompt_len < 1 or c.gpt2_max_new_tokens < 0:
-            raise common.UserError("num_samples, max_new_tokens and prompt_len must be at least 1 and "
-                                   "gpt2_max_new_tokens 0 or more")
+            raise UserError("num_samples, max_new_tokens and prompt_len must be at least 1 and "
+                            "gpt2_max_new_tokens 0 or more")
         small = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.block_size,
                      vocab_size=c.vocab_size, bias=c.bias)
         gpt2 = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, bias=True)
@@ -252,7 +253,7 @@ def main(argv=None):
         if c.gpt2_max_new_tokens:
             plan.append((gpt2, min(c.gpt2_max_new_tokens, gpt2['block_size'] - c.prompt_len)))
         if plan[0][1] < 1:
-            raise common.UserError(f"prompt_len {c.prompt_len} leaves no room in block_size {c.block_size}")
+            raise UserError(f"prompt_len {c.prompt_len} leaves no room in block_size {c.block_size}")
         rows = []
         for shape, new in plan:
             rows.append(bench_sample(c, dev, shape, new))
@@ -270,11 +271,11 @@ def main(argv=None):
                   f"{'yes' if r['same'] else 'no'} |")
         return rows
     if c.iters < 1 or c.warmup < 0:
-        raise common.UserError(f"iters must be at least 1 and warmup 0 or more, got {c.iters} and {c.warmup}")
+        raise UserError(f"iters must be at least 1 and warmup 0 or more, got {c.iters} and {c.warmup}")
     if c.fused not in ('auto', True, False):
-        raise common.UserError(f"fused must be True, False or auto, got {c.fused!r}")
+        raise UserError(f"fused must be True, False or auto, got {c.fused!r}")
     if c.optimizer not in ('adamw', 'muon'):
-        raise common.UserError(f"unknown optimizer {c.optimizer!r}: use adamw or muon")
+        raise UserError(f"unknown optimizer {c.optimizer!r}: use adamw or muon")
     torch.backends.cuda.matmul.allow_tf32 = True  # as train.py
     torch.backends.cudnn.allow_tf32 = True
     with torch.device('meta'):  # the FLOPs of one iteration, without allocating the model
@@ -284,8 +285,8 @@ def main(argv=None):
     if c.compare or c.sweep:
         setups.insert(0, ORIGINAL if device_type == 'cpu' else Setup('float32', False, chosen.fused))
     if c.sweep:
-        can_compile = not common.compile_unavailable(device_type)
-        for d in dict.fromkeys(['float32', chosen.dtype] + (['bfloat16'] if common.cpu_has_bf16_units() else [])):
+        can_compile = not devices.compile_unavailable(device_type)
+        for d in dict.fromkeys(['float32', chosen.dtype] + (['bfloat16'] if devices.cpu_has_bf16_units() else [])):
             for comp in ([False, True] if can_compile else [False]):
                 setups.append(Setup(d, comp, chosen.fused, c.optimizer))
             if device_type == 'cpu' and d != 'float32' and c.dropout == 0:
@@ -312,4 +313,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    common.run_cli(main)
+    run_cli(main)

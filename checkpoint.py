@@ -1,16 +1,21 @@
 """
 Checkpoints: crash-safe save, safe load (weights_only), the resume choice between ckpt.pt (best by
 val loss) and last.pt (latest state), RNG state for exact resume, and full state dicts of FSDP
-models. Used by train.py, sample.py and export_hf.py.
+models. Used by train.py, sample.py and export_hf.py. For train.py also the training state both
+ways: what a checkpoint holds (Saver), and what a resumed run takes back from it: its settings
+(resolve_resume_config), its optimizer state (load_optimizer_state) and its random streams
+(restore_rng).
 """
 
 import os
 import pickle
 import re
+import time
 
 import torch
 
-from common import UserError
+from configurator import _check_type
+from errors import UserError, warn_once
 
 ARCH_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')
 
@@ -262,3 +267,130 @@ def load_full_optimizer_state(model, optimizer, optim_sd):
     named = {'state': {name(k): v for k, v in optim_sd['state'].items()},
              'param_groups': [dict(g, params=[name(k) for k in g['params']]) for g in optim_sd['param_groups']]}
     set_optimizer_state_dict(model, optimizer, named, options=StateDictOptions(full_state_dict=True))
+
+
+# ---- the training state: what train.py writes, and what a resumed run takes back --------------
+
+class Saver:
+    """Writes the training state to out_dir/ckpt.pt or last.pt. Under torchrun every rank calls
+    save() at the same points (see state()); rank 0 alone writes. `procs` is the process's place
+    in the job (distributed.Procs); `budget` a schedule.TimeBudget or None."""
+
+    def __init__(self, c, procs, model, optimizer, scaler, batches, model_args, config, budget, device_type):
+        self.c, self.procs, self.model, self.optimizer, self.scaler = c, procs, model, optimizer, scaler
+        self.batches, self.model_args, self.config, self.budget = batches, model_args, config, budget
+        self.device_type = device_type
+
+    def state(self, iter_num, best_val_loss):
+        """What ckpt.pt / last.pt hold. Under torchrun every rank calls this at the same points:
+        FSDP gathers the full weights and optimizer state (collectives that leave the result on
+        rank 0 only, on the CPU), and every rank's RNG state is collected for an exact resume."""
+        if self.c.fsdp and self.procs.ddp:
+            model_sd, optim_sd = full_sharded_state(self.model, self.optimizer)
+        else:
+            model_sd, optim_sd = self.model.state_dict(), self.optimizer.state_dict()
+        rng = rng_state(self.batches, self.device_type, self.c.device)
+        state = {'model': model_sd, 'optimizer': optim_sd, 'model_args': self.model_args,
+                 'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': self.config,
+                 'rng': dict(rng, dropout=self.model.dropout_masks.state()),
+                 'scaler': self.scaler.state_dict() if self.scaler is not None else None,
+                 'gelu_approximate': self.model.gelu_approximate}
+        if self.budget is not None:
+            state['time'] = self.budget.state()  # a resumed budgeted run continues its clock and schedule
+        if self.procs.ddp:
+            import torch.distributed as dist
+            state['rng_ranks'] = [None] * self.procs.world_size
+            dist.all_gather_object(state['rng_ranks'], state['rng'])
+        return state
+
+    def save(self, name, iter_num, best_val_loss):
+        """Write the state as out_dir/<name>; a new ckpt.pt replaces last.pt as the latest state."""
+        state = self.state(iter_num, best_val_loss)  # every rank takes part
+        if not self.procs.master:
+            return
+        path = os.path.join(self.c.out_dir, name)
+        # the loss is checked only every log_interval on CUDA and a signal can arrive at any
+        # iteration, so the weights themselves are checked: a diverged model is never saved
+        floats = {k: v for k, v in state['model'].items() if v.is_floating_point()}
+        if floats and not torch.stack([torch.isfinite(v).all() for v in floats.values()]).all():  # one sync
+            bad = next(k for k, v in floats.items() if not torch.isfinite(v).all())
+            raise UserError(f"the weights are not finite at iter {iter_num} ({bad}): training diverged; "
+                            f"{name} was not written and earlier checkpoints are untouched (try a lower "
+                            f"--learning_rate)")
+        print(f"saving checkpoint to {path}")
+        t_save = time.time()
+        save_checkpoint(state, path)
+        if self.budget is not None:
+            self.budget.save_s = time.time() - t_save
+        last = os.path.join(self.c.out_dir, 'last.pt')
+        if name == 'ckpt.pt' and os.path.exists(last):
+            os.remove(last)  # ckpt.pt is now the latest state too
+
+
+def restore_rng(ckpt, ckpt_path, procs, model, device_type, device):
+    """Take back the random streams the checkpoint saved (see Saver.state): they replay the batch
+    that was fetched before saving, and the model's CPU dropout masks continue."""
+    rng = ckpt.get('rng')
+    if procs.ddp:
+        # every rank takes back its own random stream, when the checkpoint was saved by as many
+        # processes; otherwise rank 0 continues the saved one and the others keep seed + rank
+        ranks_rng = ckpt.get('rng_ranks') or []
+        rng = ranks_rng[procs.rank] if len(ranks_rng) == procs.world_size else rng if procs.master else None
+        if len(ranks_rng) != procs.world_size:
+            print(f"note: {ckpt_path} was not saved by {procs.world_size} processes: ranks other than 0 draw new "
+                  f"batches, so the run will differ from an uninterrupted one")
+    if rng:
+        set_rng_state(rng, device_type, device)
+        if rng.get('dropout'):
+            model.dropout_masks.set_state(rng['dropout'])
+
+
+def resolve_resume_config(c, ckpt, defaults, not_resumed):
+    """Settings not given on the command line (or in a config file) come from the checkpoint's
+    stored config, except those in `not_resumed`; architecture settings that were given must
+    agree with the checkpoint. `defaults`: train.py's DEFAULTS."""
+    given = getattr(c, '_given', None)
+
+    def was_given(k):
+        # train(c) called without main(): a value other than the default counts as given
+        return k in given if given is not None else getattr(c, k) != defaults[k]
+
+    stored = ckpt.get('config') or {}
+    for k, v in stored.items():
+        if k in defaults and k not in not_resumed and not was_given(k):
+            try:
+                setattr(c, k, _check_type(k, v, defaults[k], f"{c.out_dir} checkpoint config"))
+            except UserError as e:
+                warn_once(f"{e}; using {getattr(c, k)!r}")
+    margs = ckpt['model_args']
+    for k in ('n_layer', 'n_head', 'n_embd', 'bias'):
+        if was_given(k) and getattr(c, k) != margs[k]:
+            raise UserError(f"the checkpoint has {k}={margs[k]!r} but {k}={getattr(c, k)!r} was given: "
+                            f"drop the override, or train a new model in another --out_dir")
+        setattr(c, k, margs[k])
+    if not was_given('block_size') and 'block_size' not in stored:
+        c.block_size = margs['block_size']
+    if c.block_size > margs['block_size']:
+        raise UserError(f"cannot resume with block_size={c.block_size}: the checkpoint was trained with "
+                        f"block_size={margs['block_size']} and position embeddings cannot grow; "
+                        f"use --block_size={margs['block_size']} or less")
+
+
+def load_optimizer_state(optimizer, sd, path, kind, sharded_model=None):
+    """Load a checkpoint's optimizer state, with one-line errors when it cannot belong here."""
+    saved = sd.get('kind', 'adamw') if isinstance(sd, dict) else 'adamw'
+    if saved != kind:
+        raise UserError(f"{path} was trained with optimizer={saved}, whose state cannot continue as {kind}: "
+                        f"resume with --optimizer={saved}, or start a new run in another --out_dir")
+    try:
+        parts = optimizer.inner_states(sd) if kind == 'muon' else [(optimizer, sd)]
+        for opt, part in parts:
+            fit_optimizer_state(part, [p for g in opt.param_groups for p in g['params']])
+        if sharded_model is not None:
+            load_full_optimizer_state(sharded_model, optimizer, sd)
+        else:
+            optimizer.load_state_dict(sd)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise UserError(f"{path}: its optimizer state does not fit this model's {kind} "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); the file is damaged "
+                        f"or not from this model") from None

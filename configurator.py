@@ -17,7 +17,9 @@ import ast
 import difflib
 import os
 
-from common import PROJECT_DIR, UserError
+from errors import UserError
+
+PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))  # config/ lives here, whatever the working directory
 
 
 def _closest(key, known):

@@ -10,7 +10,9 @@ import pickle
 import numpy as np
 import torch
 
-from common import PROJECT_DIR, UserError
+from errors import UserError
+
+PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))  # data/ lives here, whatever the working directory
 
 
 def dataset_dir(dataset):

@@ -36,8 +36,8 @@ import sys
 
 import torch
 
-import common
-from common import UserError
+import devices
+from errors import UserError, run_cli
 from checkpoint import clean_state_dict, load_checkpoint
 from configurator import apply_overrides
 from model import CONV1D_WEIGHTS
@@ -169,7 +169,7 @@ def export(c):
     with torch.no_grad():
         for k, v in convert_state_dict(clean_state_dict(ckpt['model']), model_args, hf_sd).items():
             hf_sd[k].copy_(v)
-    hf.to(common.PTDTYPES[c.dtype])
+    hf.to(devices.PTDTYPES[c.dtype])
 
     # write next to the target, then rename: an interrupted export leaves no half directory
     parent = os.path.dirname(os.path.abspath(target))
@@ -204,4 +204,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    common.run_cli(main)
+    run_cli(main)

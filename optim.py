@@ -14,7 +14,7 @@ with AdamW, as in modded-nanogpt and nanochat. PyTorch ships Muon as torch.optim
 
 import torch
 
-from common import UserError
+from errors import UserError
 
 MUON_MIN_TORCH = (2, 9)
 

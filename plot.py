@@ -15,7 +15,7 @@ import os
 import sys
 from types import SimpleNamespace
 
-from common import UserError, run_cli
+from errors import UserError, run_cli
 from configurator import apply_overrides
 
 out_dir = 'out'

@@ -18,8 +18,8 @@ from types import SimpleNamespace
 
 import torch
 
-import common
-from common import UserError
+import devices
+from errors import UserError, run_cli
 from checkpoint import load_checkpoint, model_from_checkpoint
 from dataset import tokenizer_for_dataset
 from configurator import apply_overrides
@@ -191,18 +191,18 @@ def generate_samples(model, tok, ids, c, device):
 def main(argv=None):
     c = SimpleNamespace(**apply_overrides(DEFAULTS, sys.argv[1:] if argv is None else argv))
     check_settings(c)
-    dev = common.resolve_device(c.device)
-    device_type = common.device_type_of(dev)
+    dev = devices.resolve_device(c.device)
+    device_type = devices.device_type_of(dev)
     model, tok = load_model(c)
     model.eval()
     model.to(dev)
-    dt = common.resolve_dtype(c.dtype, device_type, device=dev)
-    if common.resolve_compile(c.compile, device_type):
+    dt = devices.resolve_dtype(c.dtype, device_type, device=dev)
+    if devices.resolve_compile(c.compile, device_type):
         # generate() calls these two; shapes vary with the prompt, so compile them dynamic
         model.forward = torch.compile(model.forward, dynamic=True)
         model.forward_cached = torch.compile(model.forward_cached, dynamic=True)
     ids = read_prompt(c, tok)
-    ctx = common.autocast_ctx(device_type, dt)
+    ctx = devices.autocast_ctx(device_type, dt)
     torch.manual_seed(c.seed)  # right before the first sample: draws do not depend on model loading
     if device_type == 'cuda':
         torch.cuda.manual_seed(c.seed)
@@ -221,4 +221,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    common.run_cli(main)
+    run_cli(main)

@@ -3,13 +3,12 @@ choice by run length or time budget, the cache, and a trial that leaves the mode
 streams as they were. No timing is asserted: the choice is checked against the measured numbers."""
 
 import json
-import os
 
 import pytest
 import torch
 
 import autotune
-import common
+import devices
 from conftest import tiny_args
 from model import GPT, GPTConfig
 
@@ -35,7 +34,7 @@ def test_pick_minimises_run_time_or_maximises_steps_in_a_budget():
 
 
 def test_measures_once_then_uses_the_cache_and_leaves_everything_as_it_was(cache_dir, monkeypatch):
-    monkeypatch.setattr(common, 'cpu_has_bf16_units', lambda: True)
+    monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: True)
     model = tiny()
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     model.dropout_masks.seed(3)
@@ -67,7 +66,7 @@ def test_measures_once_then_uses_the_cache_and_leaves_everything_as_it_was(cache
 
 
 def test_without_bf16_units_only_float32_is_a_candidate(cache_dir, monkeypatch):
-    monkeypatch.setattr(common, 'cpu_has_bf16_units', lambda: False)
+    monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: False)
     lines = []
     assert autotune.choose(tiny(), 4, 'auto', False, run_steps=100, log=lines.append)[:3] == ('float32', False, False)
     assert not any('bfloat16' in line for line in lines)
@@ -75,7 +74,7 @@ def test_without_bf16_units_only_float32_is_a_candidate(cache_dir, monkeypatch):
 
 
 def test_compiling_is_not_tried_for_a_short_run(cache_dir, monkeypatch):
-    monkeypatch.setattr(common, 'cpu_has_bf16_units', lambda: False)
+    monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: False)
     lines = []
     dtype, _, compiled, _ = autotune.choose(tiny(), 4, 'auto', 'auto', run_steps=50, log=lines.append)
     assert compiled is False
@@ -96,7 +95,7 @@ def test_train_reports_and_stores_the_measured_choice(char_dataset, tmp_path, ca
 
 
 def test_without_dropout_written_out_attention_is_a_bf16_candidate(cache_dir, monkeypatch):
-    monkeypatch.setattr(common, 'cpu_has_bf16_units', lambda: True)
+    monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: True)
     model = tiny(dropout=0.0)
     lines = []
     dtype, math_attention, _, _ = autotune.choose(model, 4, 'auto', False, run_steps=100, log=lines.append)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train
-from common import UserError
+from errors import UserError
 from conftest import run_script, tiny_args
 from schedule import TimeBudget, get_lr
 

@@ -13,7 +13,7 @@ import bench
 import checkpoint
 import sample
 import train
-from common import UserError
+from errors import UserError
 from configurator import apply_overrides, given_settings, parse_argv
 
 ONE_THREAD = {'OMP_NUM_THREADS': '1'}

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from conftest import PROJECT, run_script, tiny_args
-from common import UserError
+from conftest import run_script, tiny_args
+from errors import UserError
 from configurator import apply_overrides
 from model import GPT, GPTConfig
 

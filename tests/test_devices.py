@@ -11,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import common
+import devices
+import distributed
 import model as model_module
 from checkpoint import rng_state, set_rng_state
-from common import UserError
+from errors import UserError
 from dataset import Batches
 from model import GPT, GPTConfig, NonFiniteLogitsError, next_token_probs, sample_next
 
@@ -40,26 +41,26 @@ def fake_gpus(monkeypatch, capabilities, current=0):
 
 def test_auto_dtype_is_float16_on_gpus_that_only_emulate_bf16(monkeypatch, capsys):
     fake_gpus(monkeypatch, {0: (7, 5)})  # Tesla T4
-    assert common.resolve_dtype('auto', 'cuda', device='cuda') == 'float16'
+    assert devices.resolve_dtype('auto', 'cuda', device='cuda') == 'float16'
     assert 'gradient scaler' in capsys.readouterr().out
     with pytest.raises(UserError, match='--dtype=float16'):
-        common.resolve_dtype('bfloat16', 'cuda')
+        devices.resolve_dtype('bfloat16', 'cuda')
     fake_gpus(monkeypatch, {0: (7, 0)})  # V100
-    assert common.resolve_dtype('auto', 'cuda') == 'float16'
+    assert devices.resolve_dtype('auto', 'cuda') == 'float16'
     fake_gpus(monkeypatch, {0: (8, 0)})  # A100
-    assert common.resolve_dtype('auto', 'cuda') == 'bfloat16'
-    assert common.resolve_dtype('bfloat16', 'cuda') == 'bfloat16'
+    assert devices.resolve_dtype('auto', 'cuda') == 'bfloat16'
+    assert devices.resolve_dtype('bfloat16', 'cuda') == 'bfloat16'
 
 
 def test_bf16_support_is_that_of_the_chosen_gpu_not_the_current_one(monkeypatch):
     fake_gpus(monkeypatch, {0: (7, 5), 1: (9, 0)}, current=0)
-    assert common.resolve_dtype('auto', 'cuda', device='cuda:1') == 'bfloat16'
-    assert common.resolve_dtype('bfloat16', 'cuda', device='cuda:1') == 'bfloat16'
-    assert common.resolve_dtype('auto', 'cuda', device='cuda:0') == 'float16'
+    assert devices.resolve_dtype('auto', 'cuda', device='cuda:1') == 'bfloat16'
+    assert devices.resolve_dtype('bfloat16', 'cuda', device='cuda:1') == 'bfloat16'
+    assert devices.resolve_dtype('auto', 'cuda', device='cuda:0') == 'float16'
     fake_gpus(monkeypatch, {0: (9, 0), 1: (7, 5)}, current=0)
-    assert common.resolve_dtype('auto', 'cuda', device='cuda:1') == 'float16'
+    assert devices.resolve_dtype('auto', 'cuda', device='cuda:1') == 'float16'
     with pytest.raises(UserError):
-        common.resolve_dtype('bfloat16', 'cuda', device='cuda:1')
+        devices.resolve_dtype('bfloat16', 'cuda', device='cuda:1')
 
 
 # ---- 5. the chosen GPU, not the current one ----------------------------------------------------------
@@ -69,9 +70,9 @@ def test_resolve_device_makes_an_indexed_gpu_current(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
     monkeypatch.setattr(torch.cuda, 'set_device', made_current.append)
-    assert common.resolve_device('cuda:1') == 'cuda:1'
+    assert devices.resolve_device('cuda:1') == 'cuda:1'
     assert made_current == ['cuda:1']
-    assert common.resolve_device('cuda') == 'cuda'  # the current device, whichever it is
+    assert devices.resolve_device('cuda') == 'cuda'  # the current device, whichever it is
     assert made_current == ['cuda:1']
 
 
@@ -279,16 +280,16 @@ def test_non_finite_logits_still_raise_and_never_reach_multinomial(monkeypatch, 
 
 def test_matmul_peak_plan_per_device():
     for device in ('cuda', 'cuda:1', 'mps'):
-        n, launches = common.matmul_peak_plan(device)
+        n, launches = devices.matmul_peak_plan(device)
         assert n >= 4096 and launches >= 20, device
-    assert common.matmul_peak_plan('cpu') == (1024, 1)
+    assert devices.matmul_peak_plan('cpu') == (1024, 1)
 
 
 def test_measured_peak_times_the_planned_launches_between_two_syncs(monkeypatch):
-    monkeypatch.setattr(common, '_measured_peak', {})
-    monkeypatch.setattr(common, 'matmul_peak_plan', lambda device: (64, 5))
+    monkeypatch.setattr(devices, '_measured_peak', {})
+    monkeypatch.setattr(devices, 'matmul_peak_plan', lambda device: (64, 5))
     events = []
-    matmul, sync = torch.matmul, common._sync
+    matmul, sync = torch.matmul, devices._sync
 
     def counted_matmul(*args, **kwargs):
         events.append('matmul')
@@ -298,16 +299,16 @@ def test_measured_peak_times_the_planned_launches_between_two_syncs(monkeypatch)
         events.append('sync')
         return sync(device)
     monkeypatch.setattr(torch, 'matmul', counted_matmul)
-    monkeypatch.setattr(common, '_sync', counted_sync)
-    peak = common.measure_matmul_peak('cpu', 'float32', seconds=0.05)
+    monkeypatch.setattr(devices, '_sync', counted_sync)
+    peak = devices.measure_matmul_peak('cpu', 'float32', seconds=0.05)
     assert peak > 0
     batches = ''.join('m' if e == 'matmul' else 's' for e in events).split('s')[:-1]
     assert len(batches) >= 2 and set(batches) == {'m' * 5}
 
 
 def test_measured_cpu_peak_still_works(monkeypatch):
-    monkeypatch.setattr(common, '_measured_peak', {})
-    peak, src = common.peak_flops('cpu', 'float32')
+    monkeypatch.setattr(devices, '_measured_peak', {})
+    peak, src = devices.peak_flops('cpu', 'float32')
     assert 1e8 < peak < 1e15 and src == 'measured float32 matmul on cpu'
 
 
@@ -330,14 +331,14 @@ def test_measured_cpu_peak_still_works(monkeypatch):
     ('NVIDIA RTX 6000 Ada Generation', None, None),
 ])
 def test_gpu_table_matches_whole_model_names(name, bf16, fp32):
-    assert common.gpu_table_peak(name, 'bfloat16') == bf16
-    assert common.gpu_table_peak(name, 'float32') == fp32
+    assert devices.gpu_table_peak(name, 'bfloat16') == bf16
+    assert devices.gpu_table_peak(name, 'float32') == fp32
 
 
 def test_peak_flops_uses_the_name_of_the_chosen_gpu(monkeypatch):
     names = {'cuda:0': 'NVIDIA GeForce RTX 4090 Laptop GPU', 'cuda:1': 'NVIDIA H100 PCIe'}
     monkeypatch.setattr(torch.cuda, 'get_device_name', lambda device=None: names[str(device)])
-    peak, src = common.peak_flops('cuda:1', 'bfloat16')
+    peak, src = devices.peak_flops('cuda:1', 'bfloat16')
     assert peak == 756e12 and 'H100 PCIe' in src
 
 
@@ -355,7 +356,7 @@ def test_fsdp_mesh_is_built_for_the_chosen_device_type(monkeypatch):
     m = params = mesh = None
     try:
         m = tiny_model()
-        mesh = common.shard_model(m, 'cpu')
+        mesh = distributed.shard_model(m, 'cpu')
         assert mesh.device_type == 'cpu'
         params = list(m.parameters())
         assert params and all(isinstance(p, DTensor) and p.device_mesh.device_type == 'cpu'
@@ -365,7 +366,7 @@ def test_fsdp_mesh_is_built_for_the_chosen_device_type(monkeypatch):
         assert all(p.grad is not None and p.grad.device.type == 'cpu' for p in params)
     finally:
         m = params = mesh = None  # the sharded model holds the group: drop it first
-        common.shutdown_distributed()
+        distributed.shutdown_distributed()
 
 
 # ---- 9. the process group's timeout, and what is imported before it ---------------------------------------
@@ -375,9 +376,9 @@ def test_process_group_timeout_fits_checkpoint_writes(monkeypatch):
     seen = {}
 
     def init_process_group(**kwargs):
-        seen.update(kwargs, binders_imported=all(m in sys.modules for m in common._GROUP_BINDING_MODULES))
+        seen.update(kwargs, binders_imported=all(m in sys.modules for m in distributed._GROUP_BINDING_MODULES))
     monkeypatch.setattr(dist, 'init_process_group', init_process_group)
-    common.init_process_group('gloo')
+    distributed.init_process_group('gloo')
     assert seen['backend'] == 'gloo'
-    assert seen['timeout'].total_seconds() == common.PROCESS_GROUP_TIMEOUT_MINUTES * 60 >= 3600
+    assert seen['timeout'].total_seconds() == distributed.PROCESS_GROUP_TIMEOUT_MINUTES * 60 >= 3600
     assert seen['binders_imported']  # imported first, they bind no live process group

@@ -67,10 +67,10 @@ def ddp_worker(out_prefix, kind='sgd'):
     seeded with 1337 + rank (DDP must broadcast rank 0's weights), loss divided by the local
     micro-step count, gradients all-reduced on the last micro-step only. The process group is
     made and destroyed as train.py does it: destroyed after the DDP model is gone."""
-    import common
-    common.init_process_group('gloo')
+    import distributed
+    distributed.init_process_group('gloo')
     ddp_train(out_prefix, kind)
-    common.shutdown_distributed()
+    distributed.shutdown_distributed()
 
 
 def ddp_train(out_prefix, kind):
@@ -223,7 +223,7 @@ def test_process_group_threads_end_before_python_does(tmp_path, fsdp):
     """The cause of an abort at exit ("terminate called without an active exception", SIGABRT
     after "best model: ..."): gloo's worker threads outlived the process group, and one of them
     freed a collective of the last backward pass while the interpreter was shutting down.
-    train.py's main() must leave no such thread running (see common.shutdown_distributed)."""
+    train.py's main() must leave no such thread running (see distributed.shutdown_distributed)."""
     if not os.path.exists('/proc/self/task'):
         pytest.skip('lists threads through /proc (Linux)')
     data = make_char_dataset(tmp_path / 'toy', n_chars=4000)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from common import UserError
+from errors import UserError
 from conftest import PROJECT, make_char_dataset, run_script, tiny_args
 import sample
 import train

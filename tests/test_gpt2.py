@@ -16,7 +16,7 @@ import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from conftest import PROJECT, run_script, tiny_args
-from common import UserError
+from errors import UserError
 from model import GPT, GPTConfig
 from tiktoken_offline import offline_env, seed_cache
 import export_hf

@@ -9,7 +9,7 @@ import torch
 
 import optim
 import train
-from common import UserError
+from errors import UserError
 from conftest import tiny_args
 from model import GPT, GPTConfig
 from test_reliability import ORIGINAL_GPTCONFIG_FIELDS, assert_plain

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import PROJECT, run_script, tiny_args
-from common import UserError
+from errors import UserError
 from model import GPT, GPTConfig
 import checkpoint
 import train
@@ -127,7 +127,6 @@ def test_find_resume_checkpoint_prefers_newer_and_names_a_damaged_one(tmp_path):
         return {'model': {}, 'model_args': dict(n_layer=1, n_head=1, n_embd=8, block_size=8, bias=False,
                                                 vocab_size=10), 'optimizer': {}, 'iter_num': iter_num,
                 'best_val_loss': 1.0}
-    import common
     checkpoint.save_checkpoint(fake(10), str(tmp_path / 'ckpt.pt'))
     checkpoint.save_checkpoint(fake(15), str(tmp_path / 'last.pt'))
     assert train.find_resume_checkpoint(str(tmp_path))[1].endswith('last.pt')
@@ -244,7 +243,6 @@ def test_sigkill_at_random_moments_leaves_loadable_checkpoints(char_dataset, tmp
 
 
 def test_save_removes_temporary_files_of_dead_processes_only(tmp_path):
-    import common
     dead = subprocess.Popen(['true'])
     dead.wait()
     stale, alive = tmp_path / f'.ckpt.pt.tmp{dead.pid}', tmp_path / f'.ckpt.pt.tmp{os.getppid()}'

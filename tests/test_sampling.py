@@ -10,7 +10,7 @@ import torch
 
 import model as model_module
 from checkpoint import save_checkpoint
-from common import UserError
+from errors import UserError
 from conftest import make_char_dataset, run_script
 from model import GPT, GPTConfig, NonFiniteLogitsError, sample_next
 

@@ -8,8 +8,9 @@ import sys
 import pytest
 import torch
 
-import common
-from common import UserError
+import devices
+import errors
+from errors import UserError
 from conftest import PROJECT, run_script, tiny_args
 from model import GPT, GPTConfig
 
@@ -26,8 +27,8 @@ def tiny_model(seed=0, **kw):
 @pytest.mark.parametrize('units', [False, True])
 def test_cpu_dtype_without_measurement_is_float32(monkeypatch, capsys, units):
     """Sampling and FSDP use the rule; training measures instead (tests/test_autotune.py)."""
-    monkeypatch.setattr(common, 'cpu_has_bf16_units', lambda: units)
-    assert common.resolve_dtype('auto', 'cpu') == 'float32'
+    monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: units)
+    assert devices.resolve_dtype('auto', 'cpu') == 'float32'
     line = capsys.readouterr().out.strip()
     assert line.startswith("using dtype: float32 (auto: ") and '\n' not in line
 
@@ -35,27 +36,27 @@ def test_cpu_dtype_without_measurement_is_float32(monkeypatch, capsys, units):
 def test_cuda_and_mps_dtype_choice(monkeypatch, capsys):
     # bf16 needs compute capability 8.0 (tests/test_devices.py: GPUs that only emulate it)
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (8, 0))
-    assert common.resolve_dtype('auto', 'cuda') == 'bfloat16'
+    assert devices.resolve_dtype('auto', 'cuda') == 'bfloat16'
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (7, 5))
-    assert common.resolve_dtype('auto', 'cuda') == 'float16'
+    assert devices.resolve_dtype('auto', 'cuda') == 'float16'
     with pytest.raises(UserError, match='float16'):
-        common.resolve_dtype('bfloat16', 'cuda')
-    monkeypatch.setattr(common, 'mps_autocast_supported', lambda: True)
-    assert common.resolve_dtype('auto', 'mps') == 'bfloat16'
-    monkeypatch.setattr(common, 'mps_autocast_supported', lambda: False)
-    assert common.resolve_dtype('auto', 'mps') == 'float32'
+        devices.resolve_dtype('bfloat16', 'cuda')
+    monkeypatch.setattr(devices, 'mps_autocast_supported', lambda: True)
+    assert devices.resolve_dtype('auto', 'mps') == 'bfloat16'
+    monkeypatch.setattr(devices, 'mps_autocast_supported', lambda: False)
+    assert devices.resolve_dtype('auto', 'mps') == 'float32'
     with pytest.raises(UserError, match='float32'):
-        common.resolve_dtype('bfloat16', 'mps')
+        devices.resolve_dtype('bfloat16', 'mps')
     with pytest.raises(UserError, match='unknown dtype'):
-        common.resolve_dtype('fp8', 'cpu')
+        devices.resolve_dtype('fp8', 'cpu')
     assert 'auto: GPU lacks bf16' in capsys.readouterr().out
 
 
 def test_explicit_emulated_bf16_warns_once(monkeypatch, capsys):
-    monkeypatch.setattr(common, 'cpu_has_bf16_units', lambda: False)
-    monkeypatch.setattr(common, '_warned', set())
+    monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: False)
+    monkeypatch.setattr(errors, '_warned', set())
     for _ in range(2):
-        assert common.resolve_dtype('bfloat16', 'cpu') == 'bfloat16'
+        assert devices.resolve_dtype('bfloat16', 'cpu') == 'bfloat16'
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith('warning:') and 'emulated' in err[0]
 
@@ -63,26 +64,26 @@ def test_explicit_emulated_bf16_warns_once(monkeypatch, capsys):
 # ---- compile ----
 
 def test_compile_choice(monkeypatch, capsys):
-    monkeypatch.setattr(common, '_warned', set())
-    monkeypatch.setattr(common, 'has_cxx_compiler', lambda: True)
-    monkeypatch.setattr(common, 'compile_unavailable', lambda device_type: '')
-    assert common.resolve_compile('auto', 'cuda') is True
-    assert common.resolve_compile('auto', 'cpu') is False  # on a CPU only a measurement decides
-    assert common.resolve_compile(True, 'cpu') is True  # asked for
-    assert common.resolve_compile(False, 'cuda') is False
+    monkeypatch.setattr(errors, '_warned', set())
+    monkeypatch.setattr(devices, 'has_cxx_compiler', lambda: True)
+    monkeypatch.setattr(devices, 'compile_unavailable', lambda device_type: '')
+    assert devices.resolve_compile('auto', 'cuda') is True
+    assert devices.resolve_compile('auto', 'cpu') is False  # on a CPU only a measurement decides
+    assert devices.resolve_compile(True, 'cpu') is True  # asked for
+    assert devices.resolve_compile(False, 'cuda') is False
     out = capsys.readouterr()
     assert out.err == ''
     assert 'compile: True (auto: GPU)' in out.out and 'compile: False (auto:' in out.out
     monkeypatch.undo()
-    monkeypatch.setattr(common, '_warned', set())
-    monkeypatch.setattr(common, 'has_cxx_compiler', lambda: False)
-    assert common.resolve_compile(True, 'cpu') is False
-    assert common.resolve_compile(True, 'cpu') is False
-    assert common.resolve_compile('auto', 'mps') is False
+    monkeypatch.setattr(errors, '_warned', set())
+    monkeypatch.setattr(devices, 'has_cxx_compiler', lambda: False)
+    assert devices.resolve_compile(True, 'cpu') is False
+    assert devices.resolve_compile(True, 'cpu') is False
+    assert devices.resolve_compile('auto', 'mps') is False
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and 'no C++ compiler' in err[0]  # one warning, not one per call
     with pytest.raises(UserError):
-        common.resolve_compile('yes', 'cpu')
+        devices.resolve_compile('yes', 'cpu')
 
 
 def test_compiled_model_falls_back_once(monkeypatch, capsys):
@@ -95,11 +96,11 @@ def test_compiled_model_falls_back_once(monkeypatch, capsys):
             calls.append(1)
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
         return run
-    monkeypatch.setattr(common, '_warned', set())
+    monkeypatch.setattr(errors, '_warned', set())
     monkeypatch.setattr(torch, 'compile', broken_compile)
     model = tiny_model()
     x = torch.randint(20, (2, 16))
-    compiled = common.compile_model(model)
+    compiled = devices.compile_model(model)
     assert list(compiled.state_dict()) == ['_orig_mod.' + k for k in model.state_dict()]
     expected = model(x, x)[1]
     for _ in range(3):
@@ -108,10 +109,10 @@ def test_compiled_model_falls_back_once(monkeypatch, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith('warning: torch.compile failed') and 'C++' in err[0]
 
-    monkeypatch.setattr(common, '_warned', set())
+    monkeypatch.setattr(errors, '_warned', set())
     too_long = torch.randint(20, (1, 17))
     with pytest.raises(ValueError, match='block_size'):
-        common.compile_model(model)(too_long)
+        devices.compile_model(model)(too_long)
     assert capsys.readouterr().err == ''
 
 
@@ -131,7 +132,7 @@ def fake_compiler_path(tmp_path, working_g_plus_plus):
 
 @pytest.mark.skipif(sys.platform == 'win32', reason='uses a POSIX shell script as the fake compiler')
 # train.py with no compiler at all; the failing-compiler case runs through bench.py below (the
-# fallback is the same common.compile_model), which keeps this suite's subprocess count down
+# fallback is the same devices.compile_model), which keeps this suite's subprocess count down
 @pytest.mark.parametrize('broken_gxx', [False], ids=['no-compiler'])
 def test_train_runs_eager_when_compile_impossible(tmp_path, char_dataset, broken_gxx):
     env = fake_compiler_path(tmp_path, broken_gxx)
@@ -162,7 +163,7 @@ def test_compiled_loss_matches_eager(tmp_path, monkeypatch):
     model = tiny_model()
     x = torch.randint(20, (2, 16), generator=torch.Generator().manual_seed(1))
     eager = model(x, x)[1]
-    compiled = common.compile_model(model)(x, x)[1]
+    compiled = devices.compile_model(model)(x, x)[1]
     assert not compiled.isnan() and abs(compiled.item() - eager.item()) < 1e-4
 
 
@@ -204,10 +205,10 @@ def test_estimate_mfu_formula():
 
 
 def test_peak_flops_override_and_table():
-    assert common.peak_flops('cpu', 'float32', 5e12) == (5e12, 'set by peak_flops')
+    assert devices.peak_flops('cpu', 'float32', 5e12) == (5e12, 'set by peak_flops')
     with pytest.raises(UserError):
-        common.peak_flops('cpu', 'float32', -1.0)
-    t = common.gpu_table_peak
+        devices.peak_flops('cpu', 'float32', -1.0)
+    t = devices.gpu_table_peak
     assert t('NVIDIA A100-SXM4-80GB', 'bfloat16') == 312e12
     assert t('NVIDIA A100-SXM4-80GB', 'float32') == 156e12  # tf32 tensor cores
     assert t('NVIDIA A100-SXM4-80GB', 'float32', tf32=False) == 19.5e12
@@ -220,12 +221,12 @@ def test_peak_flops_override_and_table():
 
 
 def test_measured_peak_is_cached_and_leaves_rng_alone(monkeypatch):
-    monkeypatch.setattr(common, '_measured_peak', {})
+    monkeypatch.setattr(devices, '_measured_peak', {})
     before = torch.get_rng_state()
-    peak, src = common.peak_flops('cpu', 'float32')
+    peak, src = devices.peak_flops('cpu', 'float32')
     assert peak > 0 and 'measured' in src
     assert torch.equal(before, torch.get_rng_state())
-    assert common.measure_matmul_peak('cpu', 'float32') == peak  # cached: same number, no re-run
+    assert devices.measure_matmul_peak('cpu', 'float32') == peak  # cached: same number, no re-run
 
 
 # ---- bench.py settings ----

@@ -1,7 +1,9 @@
 """
-Helpers shared by the scripts: one-line user errors, and the device / dtype / compile choice with
-the peak FLOP/s that MFU is measured against. Nothing here runs at import time.
-(Checkpoints live in checkpoint.py, datasets and tokenizers in dataset.py.)
+Where and how a run computes: the device (resolve_device: auto, cpu, cuda, cuda:N, mps), the dtype
+and torch.compile choice by rule (resolve_dtype, resolve_compile, compile_model with its eager
+fallback, autocast_ctx), and the peak FLOP/s that MFU is measured against (peak_flops: a table of
+GPU datasheets, or a short measured matmul). On a CPU, train.py and bench.py choose dtype and
+compile by measurement instead (autotune.py). Nothing here runs at import time.
 """
 
 import importlib.util
@@ -10,42 +12,16 @@ import re
 import shutil
 import sys
 import time
-import weakref
 from contextlib import nullcontext
 
 import torch
 
-PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
+from errors import UserError, warn_once
+
 PTDTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
-class UserError(Exception):
-    """A mistake in the user's input: reported as one line and exit code 2, never a traceback."""
-
-
-def run_cli(main, argv=None):
-    """Run main(argv) the way a command should end: user errors as `error: ...` on stderr (exit 2),
-    Ctrl-C as exit 130."""
-    try:
-        return main(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-
-
-_warned = set()
-
-
-def warn_once(msg):
-    if msg not in _warned:
-        _warned.add(msg)
-        print(f"warning: {msg}", file=sys.stderr, flush=True)
-
-
-# ---- device, dtype, compile -------------------------------------------------------------------
+# ---- device ------------------------------------------------------------------------------------
 
 def mps_available():
     return hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()
@@ -75,119 +51,11 @@ def resolve_device(device):
     return device
 
 
-def init_distributed(c):
-    """Under torchrun (which sets RANK, LOCAL_RANK, WORLD_SIZE): pick this rank's device in c.device
-    (cuda:LOCAL_RANK, or CPU threads shared between the local ranks), check the backend and join the
-    process group. Returns (ddp, rank, world_size, master); outside torchrun (False, 0, 1, True)."""
-    ddp = int(os.environ.get('RANK', -1)) != -1
-    if ddp:
-        rank, local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
-        world_size = int(os.environ['WORLD_SIZE'])
-        local_world = int(os.environ.get('LOCAL_WORLD_SIZE', world_size))
-        if c.device == 'auto':  # never MPS: no torch.distributed backend works with MPS tensors
-            c.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-        if c.device.startswith('mps'):
-            raise UserError("torchrun cannot train on MPS (no distributed backend supports it): "
-                            "use --device=cpu, or run train.py without torchrun")
-        if c.device.startswith('cuda'):
-            if local_rank >= torch.cuda.device_count():
-                raise UserError(f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()} "
-                                f"CUDA device(s); use --nproc_per_node={torch.cuda.device_count()} or fewer")
-            c.device = f'cuda:{local_rank}'  # one GPU per local rank, whatever cuda:N was asked for
-            torch.cuda.set_device(c.device)
-        elif os.environ.get('OMP_NUM_THREADS', '1') == '1':
-            # torchrun sets OMP_NUM_THREADS=1 unless the user chose a value: that leaves most cores
-            # idle, while torch's own default (all cores in every rank) oversubscribes them, so the
-            # cores this process may use are split between the local ranks
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-            torch.set_num_threads(max(1, cores // local_world))
-        be = c.backend if c.backend != 'auto' else ('nccl' if c.device.startswith('cuda') else 'gloo')
-        if be not in ('nccl', 'gloo', 'mpi', 'ucc', 'xccl'):
-            raise UserError(f"unknown backend {be!r}: use auto, nccl (CUDA) or gloo (CPU)")
-        if be == 'nccl' and not c.device.startswith('cuda'):
-            raise UserError("backend nccl needs CUDA GPUs: use --backend=gloo (or auto) on CPU")
-        init_process_group(be)
-        master = rank == 0
-    else:
-        rank, world_size, master = 0, 1, True
-        if c.fsdp:
-            warn_once("fsdp=True shards the model across torchrun processes; a single process "
-                             "trains unsharded (launch with torchrun --nproc_per_node=N)")
-    return ddp, rank, world_size, master
-
-
-# Process 0 writes and fsyncs each checkpoint while the others wait in their next collective; for
-# gpt2-xl that is ~18 GB, which on slow storage can outlast NCCL's default timeout (10 minutes)
-# and kill the job. An hour covers it; a process that hangs holds the others that long.
-PROCESS_GROUP_TIMEOUT_MINUTES = 60
-
-# torch modules that bind the default process group as a default argument value when they are
-# first imported (torch.distributed.nn.functional: `def broadcast(tensor, src, group=group.WORLD)`).
-# DDP and FSDP import them lazily; imported after init_process_group they would keep the group
-# alive for good, so destroy_process_group could never free it (see shutdown_distributed).
-# Imported before, they bind None.
-_GROUP_BINDING_MODULES = ('torch.distributed.nn.functional',)
-
-
-def init_process_group(backend):
-    """Join torchrun's process group (RANK, WORLD_SIZE, MASTER_ADDR from the environment), with
-    the timeout that fits checkpoint writes; shutdown_distributed() is its counterpart."""
-    import datetime
-    import torch.distributed as dist
-    for name in _GROUP_BINDING_MODULES:
-        importlib.import_module(name)
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=PROCESS_GROUP_TIMEOUT_MINUTES))
-
-
-def shutdown_distributed():
-    """Destroy the process group, if any, so that its threads end while Python is still whole.
-
-    Call it once nothing uses the DDP or FSDP model any more: their reducer and sharding state
-    hold the group, and so does FSDP's mesh, which DTensor's caches keep for good (its registry of
-    groups is emptied here). A collective launched during backward (DDP's gradient all-reduce,
-    FSDP's reduce-scatter) carries a Python object (autograd's contextvars context) in its
-    thread-local state, and the gloo worker thread that ran it frees it afterwards, which needs
-    the GIL. If the interpreter is finalizing by then, taking the GIL ends the thread inside a
-    C++ destructor: "terminate called without an active exception", SIGABRT at exit after a
-    successful run (the abort discussed in pytorch/pytorch#190489). When this call frees the
-    group, its destructor (which releases the GIL) joins those threads first. Freed later by the
-    last DDP reducer instead, it would join them holding the GIL: a deadlock if one waits for it."""
-    import gc
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    gc.collect()  # DDP and FSDP objects sit in reference cycles: free them before the group
-    for ref in _meshes:
-        mesh = ref()  # alive in DTensor's caches (sharding propagation, redistribution plans)
-        if mesh is not None and isinstance(getattr(mesh, '_pg_registry', None), dict):
-            mesh._pg_registry.clear()
-    _meshes.clear()
-    dist.destroy_process_group()
-
-
-_meshes = []  # weak references to the meshes shard_model made
-
-
-def shard_model(model, device_type):
-    """FSDP2 over all processes: each transformer block one unit, gathered only while it runs, then
-    the whole model (the root unit: embeddings, tied lm_head, final LayerNorm). The mesh is built
-    for the device training runs on: without mesh=, fully_shard builds one for the machine's
-    accelerator (cuda on a GPU machine run with --device=cpu, whose batches stay on the CPU; mps
-    on a Mac, where no backend works). Returns the mesh."""
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
-    _meshes.append(weakref.ref(mesh))  # for shutdown_distributed
-    for block in model.transformer.h:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    return mesh
-
-
 def device_type_of(device):
     return 'cuda' if 'cuda' in device else 'mps' if 'mps' in device else 'cpu'
 
+
+# ---- dtype, compile ----------------------------------------------------------------------------
 
 def cpu_has_bf16_units():
     """True where the CPU multiplies bfloat16 natively (Intel AMX or AVX512-BF16); elsewhere bf16

@@ -1,0 +1,85 @@
+"""
+What a training run reports: the evaluation lines ('step N: train loss ...') and iteration lines
+('iter N: loss ..., mfu ...') it prints, the same numbers as one JSON line per event in
+out_dir/metrics.jsonl (plot.py draws them; a resumed run appends), wandb with wandb_log, and the
+closing summary. Under torchrun rank 0 alone writes files (the other ranks print to /dev/null).
+"""
+
+import json
+import os
+import time
+
+from schedule import format_duration
+
+
+class Metrics:
+    """The run's report, a context manager that closes metrics.jsonl. `model` (the unwrapped
+    GPT) estimates MFU against `peak` FLOP/s; `budget` is the TimeBudget or None."""
+
+    def __init__(self, c, config, master, model, peak, tokens_per_iter, budget):
+        self.c, self.model, self.peak, self.tokens_per_iter, self.budget = c, model, peak, tokens_per_iter, budget
+        self.t_start, self.running_mfu = None, -1.0
+        # a new run starts a new metrics file; a resumed run appends to it
+        self.file = open(os.path.join(c.out_dir, 'metrics.jsonl'), 'a' if c.init_from == 'resume' else 'w') \
+            if master else None
+        self.wandb = None
+        if c.wandb_log and master:
+            import wandb
+            wandb.init(project=c.wandb_project, name=c.wandb_run_name, config=config)
+            self.wandb = wandb
+
+    def start(self):
+        """Start the run's clock (elapsed times count from here); returns the time."""
+        self.t_start = time.time()
+        return self.t_start
+
+    def write(self, **event):
+        if self.file:
+            self.file.write(json.dumps(event) + '\n')
+            self.file.flush()  # one line per event, on disk before the next: a crash loses nothing
+
+    def eval(self, iter_num, losses, lr):
+        """An evaluation: losses {'train': ..., 'val': ...} at the learning rate lr."""
+        elapsed = time.time() - self.t_start
+        print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+              f"elapsed {elapsed:.1f}s")
+        self.write(event='eval', iter=iter_num, train_loss=losses['train'], val_loss=losses['val'],
+                   lr=lr, elapsed=elapsed)
+        if self.wandb:
+            self.wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'],
+                            "lr": lr, "mfu": self.running_mfu * 100})
+
+    def iteration(self, iter_num, local_iter_num, lossf, lr, dt):
+        """An iteration of dt seconds (the local_iter_num-th of this process) that ended with
+        the loss lossf."""
+        c, budget = self.c, self.budget
+        if local_iter_num >= 5:  # the first iterations include compilation and warm-up
+            mfu = self.model.estimate_mfu(c.batch_size * c.gradient_accumulation_steps, dt, self.peak)
+            self.running_mfu = mfu if self.running_mfu == -1.0 else 0.9 * self.running_mfu + 0.1 * mfu
+        tok_s = self.tokens_per_iter / dt
+        left = (f"{format_duration(budget.left())} of budget left" if budget is not None
+                else f"eta {format_duration(dt * (c.max_iters - iter_num))}")
+        print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {self.running_mfu * 100:.2f}%, "
+              f"{tok_s:,.0f} tok/s, {left}")
+        self.write(event='iter', iter=iter_num, loss=lossf, lr=lr, time_ms=dt * 1000,
+                   mfu=self.running_mfu * 100, tok_s=tok_s, elapsed=time.time() - self.t_start)
+
+    def summary(self, start_iter, iter_num, best_val_loss):
+        """The closing lines of a run that ran to its end."""
+        c, budget = self.c, self.budget
+        if budget is not None:
+            print(f"done: {iter_num - start_iter} iterations fitted in the {format_duration(c.time_budget)} budget "
+                  f"({format_duration(budget.spent())} used, {iter_num} in all), best val loss {best_val_loss:.4f}")
+        else:
+            print(f"done: {iter_num} iterations in {format_duration(time.time() - self.t_start)}, "
+                  f"best val loss {best_val_loss:.4f}")
+        ckpt_file = os.path.join(c.out_dir, 'ckpt.pt')
+        if os.path.exists(ckpt_file):
+            print(f"best model: {ckpt_file}; sample from it with: python sample.py --out_dir={c.out_dir}")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.file:
+            self.file.close()
