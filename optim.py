@@ -82,6 +82,27 @@ def check_muon_available():
                         f"use --optimizer=adamw")
 
 
+def resolve_optimizer(name, device_type, device=None, sharded=False):
+    """'auto' -> 'muon' where its orthogonalisation runs at speed, else 'adamw'; prints why.
+    torch.optim.Muon computes its Newton-Schulz iteration in bfloat16: where bf16 is emulated (CPUs
+    without AVX512-BF16 or AMX, GPUs before compute capability 8.0) its matmuls run about 50x
+    slower than float32 ones (1-2 GFLOP/s measured on AVX2), and a Muon step takes seconds."""
+    if name != 'auto':
+        return name
+    import devices
+    if sharded:
+        chosen, why = 'adamw', 'FSDP shards the matrices Muon must see whole'
+    elif not hasattr(torch.optim, 'Muon'):
+        chosen, why = 'adamw', f'torch {torch.__version__} has no torch.optim.Muon (2.9+)'
+    elif (devices.cuda_bf16_native(device) if device_type == 'cuda' else devices.cpu_has_bf16_units()
+          if device_type == 'cpu' else devices.mps_autocast_supported()):
+        chosen, why = 'muon', 'this device multiplies bfloat16 natively, as Muon\'s orthogonalisation needs'
+    else:
+        chosen, why = 'adamw', 'bfloat16 is emulated here, which makes Muon\'s orthogonalisation slow'
+    print(f"using optimizer: {chosen} (auto: {why})")
+    return chosen
+
+
 def build_optimizer(model, c, device_type):
     """AdamW exactly as nanoGPT builds it (model.configure_optimizers), or MuonAdamW. `c` holds
     optimizer, learning_rate, muon_lr, muon_momentum, weight_decay, beta1, beta2."""

@@ -40,7 +40,7 @@ from dataset import Batches, dataset_dir, load_meta, open_split
 from errors import UserError, run_cli
 from metrics import Metrics
 from model import GPT, GPTConfig
-from optim import build_optimizer, set_lr
+from optim import build_optimizer, resolve_optimizer, set_lr
 from schedule import TimeBudget, get_lr
 from stopping import StopSignals, stop_close_progress
 
@@ -70,16 +70,16 @@ n_embd = 768
 dropout = 0.0  # 0 for pretraining, 0.1+ for finetuning
 bias = False
 # optimizer
-optimizer = 'adamw'  # 'adamw', or 'muon': Muon for the blocks' matrices, AdamW for the rest (see optim.py)
+optimizer = 'adamw'  # 'adamw'; 'muon': Muon for the blocks' matrices, AdamW for the rest; 'auto' (see optim.py)
 learning_rate = 6e-4  # peak AdamW learning rate
 max_iters = 600000
+time_budget = 0.0  # seconds from start to the last checkpoint; 0 = off (max_iters alone ends the run)
 weight_decay = 1e-1
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0  # 0 disables clipping
 muon_lr = 0.02  # optimizer='muon': peak learning rate of the block matrices (same schedule)
 muon_momentum = 0.95
-time_budget = 0.0  # seconds from start to the last checkpoint; 0 = off (max_iters alone ends the run)
 # learning rate schedule
 decay_lr = True
 warmup_iters = 2000
@@ -126,9 +126,9 @@ def check_config(c):
     if c.grad_clip < 0 or c.weight_decay < 0 or not (0 <= c.beta1 < 1 and 0 <= c.beta2 < 1):
         raise UserError(f"need grad_clip >= 0 (0 = off), weight_decay >= 0 and beta1, beta2 in [0, 1); got "
                         f"{c.grad_clip}, {c.weight_decay}, {c.beta1}, {c.beta2}")
-    if c.optimizer not in ('adamw', 'muon'):
-        raise UserError(f"unknown optimizer {c.optimizer!r}: use adamw or muon (e.g. --optimizer=muon)")
-    if c.optimizer == 'muon' and not (0 < c.muon_lr < math.inf and 0 <= c.muon_momentum < 1):
+    if c.optimizer not in ('adamw', 'muon', 'auto'):
+        raise UserError(f"unknown optimizer {c.optimizer!r}: use adamw, muon or auto (e.g. --optimizer=muon)")
+    if c.optimizer in ('muon', 'auto') and not (0 < c.muon_lr < math.inf and 0 <= c.muon_momentum < 1):
         raise UserError(f"optimizer=muon needs muon_lr > 0 and muon_momentum in [0, 1), got {c.muon_lr} "
                         f"and {c.muon_momentum} (e.g. --muon_lr=0.02 --muon_momentum=0.95)")
     if c.optimizer == 'muon' and c.fsdp and int(os.environ.get('RANK', -1)) != -1:
@@ -321,6 +321,7 @@ def train(c):
     procs, device_type = start_processes(c)
     ddp, rank, world_size, master = procs
     ckpt, ckpt_path = load_resume_checkpoint(c)
+    c.optimizer = resolve_optimizer(c.optimizer, device_type, c.device, c.fsdp and ddp)
     config = {k: getattr(c, k) for k in DEFAULTS}  # stored in checkpoints
     budget = start_budget(c, ckpt)
     tokens_per_iter = share_micro_steps(c, world_size)

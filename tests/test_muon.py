@@ -86,3 +86,24 @@ def test_muon_errors_are_one_line(char_dataset, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, '__version__', '2.8.1+cpu')
     with pytest.raises(UserError, match=r'torch 2\.9 and later.*2\.8\.1'):
         optim.build_optimizer(small_model(), settings(), 'cpu')
+
+
+def test_auto_takes_muon_only_where_bfloat16_is_native(monkeypatch, capsys):
+    import devices
+    monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: True)
+    assert optim.resolve_optimizer('auto', 'cpu') == 'muon'
+    monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: False)
+    assert optim.resolve_optimizer('auto', 'cpu') == 'adamw'  # emulated bf16: Newton-Schulz would crawl
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (7, 5))
+    assert optim.resolve_optimizer('auto', 'cuda', 'cuda') == 'adamw'
+    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (9, 0))
+    assert optim.resolve_optimizer('auto', 'cuda', 'cuda') == 'muon'
+    assert optim.resolve_optimizer('auto', 'cuda', 'cuda', sharded=True) == 'adamw'  # FSDP
+    assert optim.resolve_optimizer('muon', 'cpu') == 'muon'  # asked for: kept
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 5 and all(line.startswith('using optimizer: ') and '(auto: ' in line for line in out)
+
+
+def test_auto_optimizer_is_stored_resolved(char_dataset, tmp_path):
+    s = train.main(tiny_args(str(tmp_path / 'out'), char_dataset, optimizer='auto', max_iters=2, eval_interval=2))
+    assert s['config']['optimizer'] in ('adamw', 'muon')
