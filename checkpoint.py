@@ -189,11 +189,14 @@ def set_rng_state(state, device_type, device='cuda'):
         torch.mps.set_rng_state(state['mps'])
 
 
-def find_resume_checkpoint(out_dir):
+def find_resume_checkpoint(out_dir, best=False):
     """The latest training state, loaded on the CPU: whichever of out_dir/last.pt and
     out_dir/ckpt.pt has the higher iter_num (a run deletes last.pt whenever it writes ckpt.pt,
-    so last.pt is there only while it is the newer of the two)."""
+    so last.pt is there only while it is the newer of the two). best=True (eval_only) takes
+    ckpt.pt where there is one: the model that sample.py reads."""
     names = [n for n in ('last.pt', 'ckpt.pt') if os.path.exists(os.path.join(out_dir, n))]
+    if best and 'ckpt.pt' in names:
+        names = ['ckpt.pt']
     if not names:
         raise UserError(f"cannot resume: no ckpt.pt or last.pt in {out_dir}; start with "
                         f"--init_from=scratch or pass the run's --out_dir")

@@ -61,8 +61,13 @@ def plot(metrics_path, png_path):
         xs = sorted(evals)
         ax.plot(xs, [evals[i]['train_loss'] for i in xs], 'o-', color='tab:blue', label='train (eval)')
         ax.plot(xs, [evals[i]['val_loss'] for i in xs], 'o-', color='tab:orange', label='val')
-        best = min(xs, key=lambda i: evals[i]['val_loss'])
-        ax.set_title(f"best val loss {evals[best]['val_loss']:.4f} at iter {best}")
+        # the last evaluation is of the model the run kept (and of a re-evaluation, when one was run
+        # with --eval_only=True); the best of several small noisy evaluations flatters
+        last, best = xs[-1], min(xs, key=lambda i: evals[i]['val_loss'])
+        title = f"final val loss {evals[last]['val_loss']:.4f} at iter {last}"
+        if best != last:
+            title += f" (lowest {evals[best]['val_loss']:.4f} at iter {best})"
+        ax.set_title(title)
     ax.set_ylabel('loss')
     ax.grid(alpha=0.3)
     ax.legend()

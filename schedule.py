@@ -50,10 +50,20 @@ class TimeBudget:
         self.eval_s = self.save_s = None  # the last measured durations
         self.save_guess_s = 1.0
         self.iter_times = []  # this process's iteration times, the first (warm-up, compilation) apart
+        self.closed = False  # the budget ended the run (stored: resuming with no more time is refused)
+
+    FEW_ITERATIONS = 500  # fewer than this in a whole budget: the model is too big for it
 
     def iter_done(self, seconds):
         self.iter_times.append(seconds)
         del self.iter_times[1:-9]  # keep the first and the 9 newest
+        if len(self.iter_times) == 6:  # once, when the pace is known
+            fits = self.iter_s and (self.left() + self.spent() - (self.start or 0.0)) / self.iter_s
+            if fits and fits < self.FEW_ITERATIONS:
+                from errors import warn_once
+                warn_once(f"at {self.iter_s:.2f}s an iteration this {format_duration(self.seconds)} budget fits "
+                          f"about {fits:.0f} iterations: a smaller model (n_layer, n_embd, block_size) "
+                          f"would learn more in it on this machine")
 
     @property
     def iter_s(self):
@@ -90,7 +100,8 @@ class TimeBudget:
         need = (self.iter_s or 0.0) + self.reserve(eval_iters, grad_accum)
         if eval_due:  # an evaluation (and maybe a save) before that iteration
             need += self.eval_estimate(eval_iters, grad_accum) + (self.save_s or 0.0)
-        return self.left() < need
+        self.closed = self.left() < need
+        return self.closed
 
     def progress(self, eval_iters, grad_accum):
         start = self.start if self.start is not None else self.spent()
@@ -100,4 +111,9 @@ class TimeBudget:
         return min(1.0, max(0.0, (self.spent() - start) / horizon))
 
     def state(self):
-        return {'spent': self.spent(), 'start': self.start}
+        return {'spent': self.spent(), 'start': self.start, 'seconds': self.seconds, 'closed': self.closed}
+
+    def spent_by(self, saved):
+        """Whether a checkpoint's time state (state()) says that a budget at least this large
+        already ended that run: what it left over is less than an iteration and the closing work."""
+        return saved.get('closed', False) and self.seconds <= saved.get('seconds', 0.0)

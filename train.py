@@ -162,8 +162,10 @@ def load_resume_checkpoint(c):
     was trained with in c where none were given. Otherwise (None, None)."""
     if c.init_from != 'resume':
         return None, None
-    ckpt, ckpt_path = find_resume_checkpoint(c.out_dir)
+    ckpt, ckpt_path = find_resume_checkpoint(c.out_dir, best=c.eval_only)
     resolve_resume_config(c, ckpt, DEFAULTS, NOT_RESUMED)
+    if c.eval_only:
+        print(f"evaluating {ckpt_path} (iteration {ckpt['iter_num']}) on {c.eval_iters} batches per split")
     check_config(c)
     return ckpt, ckpt_path
 
@@ -175,7 +177,7 @@ def start_budget(c, ckpt):
         return None
     saved = (ckpt or {}).get('time') or {}
     budget = TimeBudget(c.time_budget, getattr(c, '_t0', None), saved.get('spent', 0.0), saved.get('start'))
-    if budget.left() <= budget.reserve(c.eval_iters, c.gradient_accumulation_steps):
+    if budget.left() <= budget.reserve(c.eval_iters, c.gradient_accumulation_steps) or budget.spent_by(saved):
         raise UserError(f"the time budget is spent: {c.out_dir} has used {budget.spent():.0f}s of "
                         f"time_budget={c.time_budget:g}s; continue with a larger one, e.g. "
                         f"--time_budget={2 * c.time_budget:g}")

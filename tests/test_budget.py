@@ -64,9 +64,14 @@ def test_budget_state_resumes_the_clock():
     b.loop_started()
     clock.now += 40
     st = b.state()
-    assert st == {'spent': 45.0, 'start': 5.0}
+    assert st == {'spent': 45.0, 'start': 5.0, 'seconds': 100.0, 'closed': False}
     b2 = TimeBudget(100, spent=st['spent'], start=st['start'], clock=clock)
-    assert b2.spent() == 45.0 and b2.left() == 55.0
+    assert b2.spent() == 45.0 and b2.left() == 55.0 and not b2.spent_by(st)
+    clock.now += 54.5
+    assert b.must_close(False, 10, 1) and b.state()['closed']
+    # a run the budget ended is not resumed with the same budget, only with a larger one
+    assert TimeBudget(100, spent=99.5, clock=clock).spent_by(b.state())
+    assert not TimeBudget(200, spent=99.5, clock=clock).spent_by(b.state())
 
 
 def test_fractional_iteration_schedule():
@@ -98,8 +103,9 @@ def test_budgeted_run_closes_itself_inside_the_budget(char_dataset, tmp_path, ca
     wall = time.time() - t0
     assert wall <= 4 * 1.25, wall  # in-process: the clock starts in main()
     n = summary['iter_num']
-    assert n >= 3 and sorted(summary['evals']) == [0, n]  # step 0, then the closing evaluation
-    saved = torch.load(os.path.join(out, 'ckpt.pt'), weights_only=True)
+    assert n >= 1 and sorted(summary['evals']) == [0, n]  # step 0, then the closing evaluation
+    # ckpt.pt if the closing evaluation improved on step 0's (on a loaded machine a few iterations may not)
+    saved = torch.load(train.find_resume_checkpoint(out)[1], weights_only=True)
     assert saved['iter_num'] == n and saved['time']['spent'] <= 4
     stdout = capsys.readouterr().out
     assert f"done: {n} iterations fitted in the 0m04s budget" in stdout
@@ -117,10 +123,11 @@ def test_resumed_budget_continues_clock_and_schedule(char_dataset, tmp_path):
     with pytest.raises(UserError, match=r'time budget is spent.*--time_budget=6'):
         train.main(tiny_args(out, char_dataset, init_from='resume', time_budget=3, **BUDGET_RUN))
     first = len(read_metrics(out))
-    train.main(tiny_args(out, char_dataset, init_from='resume', time_budget=6, **BUDGET_RUN))
+    # 8s: 3 spent, 5 left, enough for several iterations on a loaded machine
+    train.main(tiny_args(out, char_dataset, init_from='resume', time_budget=8, **BUDGET_RUN))
     resumed = [e for e in read_metrics(out)[first:] if e['event'] == 'iter']
-    # half the budget was spent: the schedule goes on from the middle of the cosine, not from warmup
-    assert 0.25 < decay_position(resumed[0]['lr'], BUDGET_RUN) < 0.75
+    # 3 of 8 seconds were spent: the schedule goes on from inside the cosine, not from warmup
+    assert 0.2 < decay_position(resumed[0]['lr'], BUDGET_RUN) < 0.75
     assert decay_position(resumed[-1]['lr'], BUDGET_RUN) > decay_position(resumed[0]['lr'], BUDGET_RUN) + 0.05
 
 
@@ -138,3 +145,21 @@ def test_budget_command_line_exits_within_budget(char_dataset, tmp_path):
 def test_bad_budget_is_one_line(char_dataset, tmp_path):
     with pytest.raises(UserError, match='time_budget must be 0'):
         train.main(tiny_args(str(tmp_path / 'out'), char_dataset, time_budget=-1))
+
+
+def test_a_budget_too_short_for_the_model_says_so(capsys, monkeypatch):
+    import errors
+    monkeypatch.setattr(errors, '_warned', set())
+    clock = Clock()
+    b = TimeBudget(300, clock=clock)
+    b.loop_started()
+    for _ in range(6):
+        clock.now += 1.2
+        b.iter_done(1.2)
+    err = capsys.readouterr().err
+    assert err.count('warning:') == 1 and 'fits about 250 iterations' in err
+    fast = TimeBudget(300, clock=clock)
+    fast.loop_started()
+    for _ in range(6):
+        fast.iter_done(0.2)
+    assert capsys.readouterr().err == ''

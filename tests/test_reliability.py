@@ -130,6 +130,8 @@ def test_find_resume_checkpoint_prefers_newer_and_names_a_damaged_one(tmp_path):
     checkpoint.save_checkpoint(fake(10), str(tmp_path / 'ckpt.pt'))
     checkpoint.save_checkpoint(fake(15), str(tmp_path / 'last.pt'))
     assert train.find_resume_checkpoint(str(tmp_path))[1].endswith('last.pt')
+    # eval_only re-evaluates the model that sample.py reads, not the newer last.pt
+    assert train.find_resume_checkpoint(str(tmp_path), best=True)[1].endswith('ckpt.pt')
     checkpoint.save_checkpoint(fake(20), str(tmp_path / 'ckpt.pt'))
     assert train.find_resume_checkpoint(str(tmp_path))[1].endswith('ckpt.pt')
     (tmp_path / 'last.pt').write_bytes(b'PK\x03\x04 not a whole zip')

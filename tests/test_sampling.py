@@ -346,3 +346,17 @@ def test_bad_sampling_settings_are_user_errors(arg, message):
     with pytest.raises(UserError) as e:
         sample.main([arg, '--out_dir=never-read'])
     assert message in str(e.value)
+
+
+def test_decoding_on_cuda_avoids_cudnn_attention():
+    """cuDNN attention plans each new sequence length (~50 ms a token when decoding on an H200):
+    generate() runs with flash, memory-efficient or math attention there, and changes nothing
+    elsewhere."""
+    from model import decoding_attention
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with decoding_attention('cuda'):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with decoding_attention('cpu'):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before
