@@ -57,10 +57,12 @@ class Metrics:
             mfu = self.model.estimate_mfu(c.batch_size * c.gradient_accumulation_steps, dt, self.peak)
             self.running_mfu = mfu if self.running_mfu == -1.0 else 0.9 * self.running_mfu + 0.1 * mfu
         tok_s = self.tokens_per_iter / dt
-        left = (f"{format_duration(budget.left())} of budget left" if budget is not None
-                else f"eta {format_duration(dt * (c.max_iters - iter_num))}")
+        if budget is not None:
+            left = f", {format_duration(budget.left())} of budget left"
+        else:  # not from a process's first iteration: it holds the first evaluation and any compiling
+            left = f", eta {format_duration(dt * (c.max_iters - iter_num))}" if local_iter_num else ''
         print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {self.running_mfu * 100:.2f}%, "
-              f"{tok_s:,.0f} tok/s, {left}")
+              f"{tok_s:,.0f} tok/s{left}")
         self.write(event='iter', iter=iter_num, loss=lossf, lr=lr, time_ms=dt * 1000,
                    mfu=self.running_mfu * 100, tok_s=tok_s, elapsed=time.time() - self.t_start)
 

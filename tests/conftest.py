@@ -63,7 +63,11 @@ def tiny_args(out_dir, dataset, **overrides):
 
 
 def run_script(*args, cwd=PROJECT, timeout=300, env=None):
-    """Run `python <args>` the way a user would; returns the CompletedProcess (text mode)."""
+    """Run `python <args>` the way a user would; returns the CompletedProcess (text mode). A
+    command that names no --device sees no CUDA GPU, so that it runs, and compares, as on the
+    CPU-only machines the suite is written for (tests/test_cuda.py names --device=cuda)."""
     full_env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
+    if not any(str(a).startswith('--device') for a in args) and 'CUDA_VISIBLE_DEVICES' not in (env or {}):
+        full_env['CUDA_VISIBLE_DEVICES'] = ''
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)

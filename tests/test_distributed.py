@@ -18,7 +18,8 @@ from conftest import PROJECT, make_char_dataset, tiny_args
 
 TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
 # one thread per rank (2 ranks share the 2 cores of CI), rendezvous and gloo on loopback only
-ENV = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1',
+# and no CUDA GPU: these are the CPU (gloo) paths, on any machine (tests/test_cuda.py has the GPU ones)
+ENV = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='',
            **({'GLOO_SOCKET_IFNAME': 'lo'} if os.path.exists('/sys/class/net/lo') else {}))
 
 # the equivalence test: STEPS optimizer steps of MICRO micro-batches each
