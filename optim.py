@@ -14,6 +14,7 @@ with AdamW, as in modded-nanogpt and nanochat. PyTorch ships Muon as torch.optim
 
 import torch
 
+import devices
 from errors import UserError
 
 MUON_MIN_TORCH = (2, 9)
@@ -89,7 +90,6 @@ def resolve_optimizer(name, device_type, device=None, sharded=False):
     slower than float32 ones (1-2 GFLOP/s measured on AVX2), and a Muon step takes seconds."""
     if name != 'auto':
         return name
-    import devices
     if sharded:
         chosen, why = 'adamw', 'FSDP shards the matrices Muon must see whole'
     elif not hasattr(torch.optim, 'Muon'):

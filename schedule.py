@@ -11,6 +11,8 @@ and the rate reaches min_lr as the last iteration ends, on a fast machine and on
 import math
 import time
 
+from errors import warn_once
+
 
 def get_lr(it, c):
     """Linear warmup, then cosine decay to min_lr at lr_decay_iters, then min_lr. `it` may be a
@@ -58,10 +60,10 @@ class TimeBudget:
         self.iter_times.append(seconds)
         del self.iter_times[1:-9]  # keep the first and the 9 newest
         if len(self.iter_times) == 6:  # once, when the pace is known
-            fits = self.iter_s and (self.left() + self.spent() - (self.start or 0.0)) / self.iter_s
+            pace = self.iter_s
+            fits = (self.seconds - (self.start or 0.0)) / pace if pace else None
             if fits and fits < self.FEW_ITERATIONS:
-                from errors import warn_once
-                warn_once(f"at {self.iter_s:.2f}s an iteration this {format_duration(self.seconds)} budget fits "
+                warn_once(f"at {pace:.2f}s an iteration this {format_duration(self.seconds)} budget fits "
                           f"about {fits:.0f} iterations: a smaller model (n_layer, n_embd, block_size) "
                           f"would learn more in it on this machine")
 
