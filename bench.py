@@ -21,13 +21,13 @@ from typing import NamedTuple
 
 import torch
 
-import autotune
-import devices
 import train
-from configurator import apply_overrides, parse_argv
-from errors import UserError, run_cli
+from configurator import apply_overrides, parse_argv, settings_of
 from model import GPT, GPTConfig
-from optim import build_optimizer
+from nanogpt import autotune, cpu, devices
+from nanogpt.engine import Engine
+from nanogpt.errors import UserError, run_cli
+from nanogpt.optim import build_optimizer
 
 # -----------------------------------------------------------------------------------------------
 mode = 'train'  # 'train' or 'sample'
@@ -63,8 +63,7 @@ max_new_tokens = 500  # sample.py's default: past block_size, so the window slid
 prompt_len = 6  # len("ROMEO:")
 gpt2_max_new_tokens = 100  # for the GPT-2 124M row (0 skips it); uncached it is slow on a CPU
 # -----------------------------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in globals().items()
-            if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+DEFAULTS = settings_of(globals())
 
 
 def build_model(c, dev):
@@ -81,7 +80,7 @@ class Setup(NamedTuple):
     fused: bool = True  # fused AdamW kernel (else foreach)
     optimizer: str = 'adamw'
     original: bool = False  # torch's own CPU dropout (bernoulli_ masks, SDPA's math path), as nanoGPT
-    math: bool = False  # CPU attention written out (model.set_math_attention)
+    math: bool = False  # CPU attention written out (nanogpt/cpu.py)
 
 
 ORIGINAL = Setup('float32', False, fused=False, original=True)  # the original's step on a CPU
@@ -94,11 +93,11 @@ class TrainStep:
         device_type = devices.device_type_of(dev)
         self.c, self.setup = c, setup
         self.model = build_model(c, dev)
-        if setup.original:
-            for m in self.model.modules():
-                if hasattr(m, 'masks'):
-                    m.masks = None
-        self.model.set_math_attention(setup.math)
+        if device_type == 'cpu' and not (setup.original or setup.compile):  # as train.py trains on a CPU
+            masks = cpu.MaskSource()
+            masks.seed(c.seed)
+            if not cpu.use_dropout_masks(self.model, masks):
+                cpu.use_written_out_attention(self.model, setup.math)
         oc = SimpleNamespace(optimizer=setup.optimizer, learning_rate=c.learning_rate, muon_lr=c.muon_lr,
                              muon_momentum=0.95, weight_decay=c.weight_decay, beta1=c.beta1, beta2=c.beta2)
         if setup.optimizer == 'adamw':
@@ -106,7 +105,7 @@ class TrainStep:
                                                              device_type, fused=setup.fused)
             self.fused = self.optimizer.defaults.get('fused') is True
         else:
-            self.optimizer = build_optimizer(self.model, oc, device_type)
+            self.optimizer = build_optimizer(self.model, oc, setup.optimizer, device_type)
             self.fused = True
         self.fwd = devices.compile_model(self.model) if setup.compile else self.model
         self.ctx = devices.autocast_ctx(device_type, setup.dtype)
@@ -119,7 +118,7 @@ class TrainStep:
     @property
     def name(self):
         s = self.setup
-        compiled = s.compile and not getattr(self.fwd, '_eager', False)  # False after a fallback
+        compiled = s.compile and not self.fwd.fell_back  # False after a fallback
         opt = 'Muon' if s.optimizer == 'muon' else 'fused' if self.fused else 'foreach'
         drop = ', torch dropout' if s.original and self.c.dropout > 0 else ''
         attn = ', attention written out' if s.math and not compiled else ''
@@ -203,7 +202,7 @@ def parse_settings(argv):
 
 def bench_sample(c, dev, shape, max_new_tokens):
     """Seconds to draw num_samples samples of max_new_tokens tokens (sample.py's defaults:
-    temperature 0.8, top_k 200), uncached reference vs KV cache, random weights. The two paths
+    temperature 0.8, top_k 200), the plain algorithm (model.generate) vs the engine's KV cache, random weights. The two paths
     alternate sample by sample, so a change in machine load hits both alike; each pair starts
     from the same seed, so the tokens must agree (in float32). Returns a dict for the table."""
     device_type = devices.device_type_of(dev)
@@ -217,15 +216,16 @@ def bench_sample(c, dev, shape, max_new_tokens):
     cpu = {False: 0.0, True: 0.0}  # process CPU time: on a shared machine it moves less than wall time
     same = True
     with torch.no_grad(), ctx:
+        draw = {False: model.generate, True: Engine(model).generate}
         for use_cache in (False, True):  # untimed: first-call costs (kernel and library set-up on GPUs)
-            model.generate(x, 2, temperature=0.8, top_k=200, use_cache=use_cache).tolist()
+            draw[use_cache](x, 2, temperature=0.8, top_k=200).tolist()
         for i in range(c.num_samples):
             out = {}
             for use_cache in (False, True):
                 torch.manual_seed(c.seed + i)
                 t0, c0 = time.perf_counter(), time.process_time()
-                out[use_cache] = model.generate(x, max_new_tokens, temperature=0.8, top_k=200,
-                                                use_cache=use_cache).tolist()  # .tolist() waits for the device
+                out[use_cache] = draw[use_cache](x, max_new_tokens, temperature=0.8,
+                                                 top_k=200).tolist()  # .tolist() waits for the device
                 seconds[use_cache] += time.perf_counter() - t0
                 cpu[use_cache] += time.process_time() - c0
             same = same and out[False] == out[True]

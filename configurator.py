@@ -10,16 +10,24 @@ falls back to the raw string (`--out_dir=out-x`). `--key value` works too: the n
 value unless it starts with `--` (so `--temperature -1` is a value, and a value that starts with
 `--` needs the `=` form); a bool setting given alone (`--stream`) means True. Every setting must
 already exist with a default, and keeps its type (an int is accepted for a float). Mistakes raise
-UserError with one line.
+UserError with one line. A run that resumes takes the settings it was trained with from its
+checkpoint, except the ones given again (resumed_settings).
 """
 
 import ast
 import difflib
 import os
+from types import SimpleNamespace
 
-from errors import UserError
+from nanogpt.errors import UserError, warn_once
 
 PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))  # config/ lives here, whatever the working directory
+
+
+def settings_of(scope):
+    """A script's settings: the plain values (int, float, bool, str) among its module-level names
+    (pass globals()), the defaults that config files and --key=value override."""
+    return {k: v for k, v in scope.items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
 
 
 def _closest(key, known):
@@ -27,7 +35,7 @@ def _closest(key, known):
     return f" (did you mean {match[0]}?)" if match else ""
 
 
-def _check_type(key, value, default, source):
+def check_type(key, value, default, source):
     """Return value converted to the type of default, or raise UserError."""
     if default == 'auto' or default is None:
         return value  # settings chosen per machine accept their typed values too; checked later
@@ -94,7 +102,7 @@ def apply_overrides(defaults, argv, verbose=True):
                     continue
                 if key not in config:
                     raise UserError(f"config file {arg} sets unknown setting {key!r}{_closest(key, config)}")
-                config[key] = _check_type(key, value, defaults[key], f"config file {arg}")
+                config[key] = check_type(key, value, defaults[key], f"config file {arg}")
             continue
         key, raw = arg
         if key not in config:
@@ -113,7 +121,7 @@ def apply_overrides(defaults, argv, verbose=True):
         if isinstance(defaults[key], bool) and not isinstance(value, bool):  # e.g. --stream config/x.py
             raise UserError(f"--{key}: {key} must be bool, got {raw!r} (--{key} alone means True only at "
                             f"the end or before another --option)")
-        value = _check_type(key, value, defaults[key], f"--{key}")
+        value = check_type(key, value, defaults[key], f"--{key}")
         if verbose:
             print(f"Overriding: {key} = {value!r}")
         config[key] = value
@@ -137,3 +145,42 @@ def given_settings(argv, known):
                 for target in getattr(node, 'targets', None) or [node.target]:
                     given.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
     return given & set(known)
+
+
+# chosen per run and machine: a resumed run takes none of these from its checkpoint
+NOT_RESUMED = ('init_from', 'out_dir', 'eval_only', 'device', 'dtype', 'compile', 'backend')
+
+
+def resumed_settings(c, ckpt, defaults, given=None):
+    """The settings of a run that resumes from `ckpt` (None: not resuming, c as it is). Settings
+    not given on the command line or in a config file (`given`, from given_settings) come from
+    the checkpoint's stored config, except NOT_RESUMED; architecture settings that were given must
+    agree with the checkpoint's model_args. Without `given` (train() called directly), a value
+    other than the default counts as given. Returns a new namespace."""
+    if ckpt is None:
+        return c
+    c = SimpleNamespace(**vars(c))
+
+    def was_given(k):
+        return k in given if given is not None else getattr(c, k) != defaults[k]
+
+    stored = ckpt.get('config') or {}
+    for k, v in stored.items():
+        if k in defaults and k not in NOT_RESUMED and not was_given(k):
+            try:
+                setattr(c, k, check_type(k, v, defaults[k], f"{c.out_dir} checkpoint config"))
+            except UserError as e:
+                warn_once(f"{e}; using {getattr(c, k)!r}")
+    margs = ckpt['model_args']
+    for k in ('n_layer', 'n_head', 'n_embd', 'bias'):
+        if was_given(k) and getattr(c, k) != margs[k]:
+            raise UserError(f"the checkpoint has {k}={margs[k]!r} but {k}={getattr(c, k)!r} was given: "
+                            f"drop the override, or train a new model in another --out_dir")
+        setattr(c, k, margs[k])
+    if not was_given('block_size') and 'block_size' not in stored:
+        c.block_size = margs['block_size']
+    if c.block_size > margs['block_size']:
+        raise UserError(f"cannot resume with block_size={c.block_size}: the checkpoint was trained with "
+                        f"block_size={margs['block_size']} and position embeddings cannot grow; "
+                        f"use --block_size={margs['block_size']} or less")
+    return c

@@ -36,19 +36,18 @@ import sys
 
 import torch
 
-import devices
-from errors import UserError, run_cli
-from checkpoint import clean_state_dict, load_checkpoint
-from configurator import apply_overrides
+from configurator import apply_overrides, settings_of
 from model import CONV1D_WEIGHTS
+from nanogpt import devices
+from nanogpt.checkpoint import clean_state_dict, load_checkpoint
+from nanogpt.errors import UserError, run_cli
 
 out_dir = 'out'
 hf_dir = ''
 dtype = 'float32'
 tokenizer = True
 overwrite = False
-DEFAULTS = {k: v for k, v in globals().items()
-            if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+DEFAULTS = settings_of(globals())
 
 GPT2_VOCAB = 50257
 PADDED_VOCAB = 50304

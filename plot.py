@@ -15,12 +15,12 @@ import os
 import sys
 from types import SimpleNamespace
 
-from errors import UserError, run_cli
-from configurator import apply_overrides
+from configurator import apply_overrides, settings_of
+from nanogpt.errors import UserError, run_cli
 
 out_dir = 'out'
 png = ''  # default: out_dir/loss.png
-DEFAULTS = dict(out_dir=out_dir, png=png)
+DEFAULTS = settings_of(globals())
 
 
 def read_metrics(path):

@@ -7,8 +7,9 @@ Sample text from a trained model (out_dir/ckpt.pt) or from OpenAI's GPT-2.
     python sample.py --out_dir=out-shakespeare-char --temperature=0 --stop=$'\n\n'
 
 Each sample is printed with its prompt, followed by a line of 15 dashes. The same checkpoint,
-seed and settings print the same text; kv_cache=False runs the reference algorithm (re-running the
-model on the whole context for each token), which gives identical results, slower.
+seed and settings print the same text. The tokens are drawn by nanogpt/engine.py, with a key/value
+cache; kv_cache=False re-runs the model on the whole context for each token, as the original does,
+and draws the same tokens, slower.
 """
 
 import codecs
@@ -18,12 +19,13 @@ from types import SimpleNamespace
 
 import torch
 
-import devices
-from errors import UserError, run_cli
-from checkpoint import load_checkpoint, model_from_checkpoint
-from dataset import tokenizer_for_dataset
-from configurator import apply_overrides
-from model import GPT, NonFiniteLogitsError
+from configurator import apply_overrides, settings_of
+from model import GPT
+from nanogpt import devices
+from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
+from nanogpt.data import tokenizer_for_dataset
+from nanogpt.engine import Engine, NonFiniteLogitsError
+from nanogpt.errors import UserError, run_cli
 
 # -----------------------------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt) or a GPT-2 name ('gpt2', 'gpt2-xl', ...)
@@ -43,8 +45,7 @@ device = 'auto'  # 'cpu', 'cuda', 'cuda:0', 'mps'
 dtype = 'auto'  # 'float32', 'bfloat16', 'float16'
 compile = False  # torch.compile the model (pays only for long generations on GPU)
 # -----------------------------------------------------------------------------------------------
-DEFAULTS = {k: v for k, v in globals().items()
-            if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+DEFAULTS = settings_of(globals())
 DASHES = '---------------'
 
 
@@ -152,7 +153,7 @@ class Printer:
             print(self.text[self.shown:], flush=True)
 
 
-def generate_samples(model, tok, ids, c, device):
+def generate_samples(engine, tok, ids, c, device):
     """Yield the text of each sample (prompt included). Prints only when streaming."""
     x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
     gen_kw = dict(temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, use_cache=c.kv_cache)
@@ -160,7 +161,7 @@ def generate_samples(model, tok, ids, c, device):
     n = len(ids)
     if c.batched:
         if not c.stop:
-            y = model.generate(x.expand(c.num_samples, -1), c.max_new_tokens, **gen_kw)
+            y = engine.generate(x.expand(c.num_samples, -1), c.max_new_tokens, **gen_kw)
             for row in y[:, n:].tolist():
                 yield prompt_text + tok.decode(row)
             return
@@ -171,7 +172,7 @@ def generate_samples(model, tok, ids, c, device):
                 if not p.done:
                     p.add(t)
             return all(p.done for p in printers)
-        model.generate(x.expand(c.num_samples, -1), c.max_new_tokens, on_token=on_token, **gen_kw)
+        engine.generate(x.expand(c.num_samples, -1), c.max_new_tokens, on_token=on_token, **gen_kw)
         for p in printers:
             p.finish()
             yield prompt_text + p.text
@@ -179,11 +180,11 @@ def generate_samples(model, tok, ids, c, device):
     for _ in range(c.num_samples):
         if not (c.stream or c.stop):
             # nothing to watch token by token: decode once at the end, no per-token host sync
-            y = model.generate(x, c.max_new_tokens, **gen_kw)
+            y = engine.generate(x, c.max_new_tokens, **gen_kw)
             yield prompt_text + tok.decode(y[0, n:].tolist())
             continue
         p = Printer(tok, ids, c.stop, c.stream)
-        model.generate(x, c.max_new_tokens, on_token=lambda nxt: p.add(nxt[0, 0].item()), **gen_kw)
+        engine.generate(x, c.max_new_tokens, on_token=lambda nxt: p.add(nxt[0, 0].item()), **gen_kw)
         p.finish()
         yield prompt_text + p.text
 
@@ -197,10 +198,7 @@ def main(argv=None):
     model.eval()
     model.to(dev)
     dt = devices.resolve_dtype(c.dtype, device_type, device=dev)
-    if devices.resolve_compile(c.compile, device_type):
-        # generate() calls these two; shapes vary with the prompt, so compile them dynamic
-        model.forward = torch.compile(model.forward, dynamic=True)
-        model.forward_cached = torch.compile(model.forward_cached, dynamic=True)
+    engine = Engine(model, compile=devices.resolve_compile(c.compile, device_type))
     ids = read_prompt(c, tok)
     ctx = devices.autocast_ctx(device_type, dt)
     torch.manual_seed(c.seed)  # right before the first sample: draws do not depend on model loading
@@ -209,7 +207,7 @@ def main(argv=None):
     texts = []
     with torch.no_grad(), ctx:
         try:
-            for text in generate_samples(model, tok, ids, c, dev):
+            for text in generate_samples(engine, tok, ids, c, dev):
                 if not c.stream or c.batched:
                     print(text)
                 print(DASHES, flush=True)

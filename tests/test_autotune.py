@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-import autotune
-import devices
+from nanogpt import autotune
+from nanogpt import devices
 from conftest import tiny_args
 from model import GPT, GPTConfig
 
@@ -37,8 +37,7 @@ def test_measures_once_then_uses_the_cache_and_leaves_everything_as_it_was(cache
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: True)
     model = tiny()
     weights = {k: v.clone() for k, v in model.state_dict().items()}
-    model.dropout_masks.seed(3)
-    masks_state = model.dropout_masks.state()
+    modules = [type(m) for m in model.modules()]
     rng = torch.get_rng_state()
     lines = []
     dtype, math_attention, compiled, compiled_model = autotune.choose(model, 4, 'auto', False, run_steps=100,
@@ -52,10 +51,11 @@ def test_measures_once_then_uses_the_cache_and_leaves_everything_as_it_was(cache
     assert 'batch 4 x 16' in key and f'torch {torch.__version__}' in key
     assert set(entry['eager']) == {'float32', 'bfloat16'}
     assert dtype == min(entry['eager'], key=entry['eager'].get)  # the fastest measured (no '+math': dropout)
-    # the trial changed nothing: weights, gradients, the CPU and dropout random streams
+    # the trial changed nothing: weights, gradients, the CPU random stream, the modules
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
-    assert torch.equal(torch.get_rng_state(), rng) and model.dropout_masks.state() == masks_state
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert [type(m) for m in model.modules()] == modules and all(b.attn.flash for b in model.transformer.h)
 
     lines.clear()
     again = autotune.choose(model, 4, 'auto', False, run_steps=100, log=lines.append)
@@ -104,5 +104,5 @@ def test_without_dropout_written_out_attention_is_a_bf16_candidate(cache_dir, mo
     assert set(entry['eager']) == {'float32', 'bfloat16', 'bfloat16+math'}
     best = min(entry['eager'], key=entry['eager'].get)
     assert (dtype, math_attention) == (best.partition('+')[0], best.endswith('+math'))
-    assert all(not blk.attn.math_training for blk in model.transformer.h)  # the trial put it back
+    assert all(blk.attn.flash for blk in model.transformer.h)  # the trial put it back
     assert autotune.candidates(model, 'float32') == ['float32']  # float32 keeps the fused kernel

@@ -12,9 +12,11 @@ import pytest
 import torch
 
 import train
-from errors import UserError
+from nanogpt import checkpoint
+from nanogpt.errors import UserError
 from conftest import run_script, tiny_args
-from schedule import TimeBudget, get_lr
+from nanogpt.control import TimeBudget
+from train import get_lr
 
 
 class Clock:
@@ -105,7 +107,7 @@ def test_budgeted_run_closes_itself_inside_the_budget(char_dataset, tmp_path, ca
     n = summary['iter_num']
     assert n >= 1 and sorted(summary['evals']) == [0, n]  # step 0, then the closing evaluation
     # ckpt.pt if the closing evaluation improved on step 0's (on a loaded machine a few iterations may not)
-    saved = torch.load(train.find_resume_checkpoint(out)[1], weights_only=True)
+    saved = torch.load(checkpoint.find_resume_checkpoint(out)['path'], weights_only=True)
     assert saved['iter_num'] == n and saved['time']['spent'] <= 4
     stdout = capsys.readouterr().out
     assert f"done: {n} iterations fitted in the 0m04s budget" in stdout
@@ -148,7 +150,7 @@ def test_bad_budget_is_one_line(char_dataset, tmp_path):
 
 
 def test_a_budget_too_short_for_the_model_says_so(capsys, monkeypatch):
-    import errors
+    from nanogpt import errors
     monkeypatch.setattr(errors, '_warned', set())
     clock = Clock()
     b = TimeBudget(300, clock=clock)

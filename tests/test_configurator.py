@@ -10,10 +10,10 @@ import torch
 
 from conftest import make_char_dataset, run_script, tiny_args
 import bench
-import checkpoint
+from nanogpt import checkpoint
 import sample
 import train
-from errors import UserError
+from nanogpt.errors import UserError
 from configurator import apply_overrides, given_settings, parse_argv
 
 ONE_THREAD = {'OMP_NUM_THREADS': '1'}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import run_script, tiny_args
-from errors import UserError
+from nanogpt.errors import UserError
 from configurator import apply_overrides
 from model import GPT, GPTConfig
 

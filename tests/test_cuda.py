@@ -66,21 +66,22 @@ def test_resume_on_cuda_continues_the_run(char_dataset, tmp_path):
 
 def test_cached_and_uncached_sampling_agree_on_cuda():
     from model import GPT, GPTConfig
+    from nanogpt.engine import Engine
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=50, dropout=0.0)).cuda().eval()
     x = torch.randint(50, (2, 5), device='cuda')
     out = {}
     for use_cache in (False, True):
         torch.manual_seed(1)
-        out[use_cache] = model.generate(x, 40, temperature=0, use_cache=use_cache)  # greedy: past block_size too
+        out[use_cache] = Engine(model).generate(x, 40, temperature=0, use_cache=use_cache)  # greedy: past block_size too
     assert torch.equal(out[False], out[True])
 
 
 def test_pinned_batches_arrive_on_the_gpu(char_dataset):
-    from dataset import Batches, open_split
+    from nanogpt.data import open_split
     c = SimpleNamespace(block_size=16, batch_size=4)
-    data = {s: open_split(char_dataset, s, char_dataset, 16, 30) for s in ('train', 'val')}
-    x, y = Batches(data, c, 'cuda', 'cuda').get('train')
+    data = open_split(char_dataset, 'train', char_dataset, 16, 30)
+    x, y = train.get_batch(data, c, SimpleNamespace(device='cuda', device_type='cuda'))
     torch.cuda.synchronize()
     assert x.is_cuda and y.is_cuda and x.is_contiguous() and y.is_contiguous()
     assert torch.equal(x[:, 1:], y[:, :-1])

@@ -11,13 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import devices
-import distributed
-import model as model_module
-from checkpoint import rng_state, set_rng_state
-from errors import UserError
-from dataset import Batches
-from model import GPT, GPTConfig, NonFiniteLogitsError, next_token_probs, sample_next
+from nanogpt import devices
+from nanogpt import distributed
+from nanogpt import engine
+from nanogpt.checkpoint import rng_state, set_rng_state
+from nanogpt.errors import UserError
+from train import get_batch
+from model import GPT, GPTConfig
+from nanogpt.engine import NonFiniteLogitsError, next_token_probs, sample_next
 
 
 def tiny_model(seed=0, block_size=16, vocab_size=20):
@@ -88,7 +89,8 @@ def test_rng_state_reads_and_restores_the_chosen_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'get_rng_state', cuda_get_rng_state)
     monkeypatch.setattr(torch.cuda, 'set_rng_state', cuda_set_rng_state)
     cpu = torch.get_rng_state()
-    state = rng_state(SimpleNamespace(rng_before_train=cpu), 'cuda', 'cuda:1')
+    masks = SimpleNamespace(state=lambda: None)
+    state = rng_state(cpu, SimpleNamespace(device_type='cuda', device='cuda:1'), masks)
     set_rng_state(state, 'cuda', 'cuda:1')
     assert calls == [('get', 'cuda:1'), ('set', 'cuda:1')]
     assert torch.equal(state['cpu'], cpu)
@@ -108,13 +110,13 @@ def test_batches_pin_contiguous_tensors(monkeypatch):
         return self
     monkeypatch.setattr(torch.Tensor, 'pin_memory', pin_memory)
     torch.manual_seed(0)
-    x, y = Batches(data, c, 'cpu', 'cuda').get('train')
+    x, y = get_batch(data['train'], c, SimpleNamespace(device='cpu', device_type='cuda'))
     assert pinned == [((6, 16), True), ((6, 16), True)]
     assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
     assert torch.equal((x[:, 1:] - x[:, :-1]) % 61, torch.ones(6, 15, dtype=torch.long))
     # the CPU path gets the same batch for the same RNG state
     torch.manual_seed(0)
-    x2, y2 = Batches(data, c, 'cpu', 'cpu').get('train')
+    x2, y2 = get_batch(data['train'], c, SimpleNamespace(device='cpu', device_type='cpu'))
     assert torch.equal(x, x2) and torch.equal(y, y2)
 
 
@@ -172,7 +174,7 @@ def test_sample_py_at_a_vanishing_temperature_prints_the_greedy_text(tmp_path):
     with an error there; now it draws the argmax, as temperature=0 does."""
     import pickle
     import sample
-    from checkpoint import save_checkpoint
+    from nanogpt.checkpoint import save_checkpoint
     from conftest import make_char_dataset
     dataset = make_char_dataset(tmp_path / 'toy', n_chars=3000)
     with open(tmp_path / 'toy' / 'meta.pkl', 'rb') as f:
@@ -207,7 +209,7 @@ def test_non_finite_logits_never_give_non_finite_probabilities():
 def count_host_reads(monkeypatch):
     """Count every bool()/item() of a tensor, and generate()'s planned finiteness checks."""
     counts = {'bool': 0, 'item': 0, 'checks': 0}
-    tensor_bool, tensor_item, check = torch.Tensor.__bool__, torch.Tensor.item, model_module.check_logits_finite
+    tensor_bool, tensor_item, check = torch.Tensor.__bool__, torch.Tensor.item, engine.check_logits_finite
 
     def counted_bool(self):
         counts['bool'] += 1
@@ -222,7 +224,7 @@ def count_host_reads(monkeypatch):
         return check(finite)
     monkeypatch.setattr(torch.Tensor, '__bool__', counted_bool)
     monkeypatch.setattr(torch.Tensor, 'item', counted_item)
-    monkeypatch.setattr(model_module, 'check_logits_finite', counted_check)
+    monkeypatch.setattr(engine, 'check_logits_finite', counted_check)
     return counts
 
 
@@ -231,12 +233,12 @@ def test_generate_reads_the_finiteness_flag_only_at_planned_points(monkeypatch, 
     m = tiny_model()
     prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
     torch.manual_seed(0)
-    expected = m.generate(prompt, 150, temperature=0.8, top_k=5, use_cache=use_cache)
+    expected = engine.generate(m, prompt, 150, temperature=0.8, top_k=5, use_cache=use_cache)
     counts = count_host_reads(monkeypatch)
     torch.manual_seed(0)
-    got = m.generate(prompt, 150, temperature=0.8, top_k=5, use_cache=use_cache)
+    got = engine.generate(m, prompt, 150, temperature=0.8, top_k=5, use_cache=use_cache)
     assert torch.equal(got, expected)
-    every = model_module.FINITE_CHECK_EVERY
+    every = engine.FINITE_CHECK_EVERY
     assert counts['checks'] == math.ceil(150 / every)  # every 64 tokens, and once at the end
     assert counts['bool'] == counts['checks'] and counts['item'] == 0  # nothing else reads the device
 
@@ -249,7 +251,7 @@ def test_generate_with_on_token_checks_before_each_callback(monkeypatch):
     def on_token(nxt):
         seen.append(counts['checks'])
         return len(seen) == 10
-    out = m.generate(torch.tensor([[1, 2]]), 50, on_token=on_token)
+    out = engine.generate(m, torch.tensor([[1, 2]]), 50, on_token=on_token)
     assert out.shape == (1, 12)
     assert seen == list(range(1, 11))  # the flag was looked at before every token was handed over
     assert counts['checks'] == 10  # and not again after the early stop
@@ -268,11 +270,11 @@ def test_non_finite_logits_still_raise_and_never_reach_multinomial(monkeypatch, 
         return multinomial(probs, *args, **kwargs)
     monkeypatch.setattr(torch, 'multinomial', checked_multinomial)
     with pytest.raises(NonFiniteLogitsError):
-        m.generate(torch.tensor([[1, 2]]), 5, use_cache=use_cache)
+        engine.generate(m, torch.tensor([[1, 2]]), 5, use_cache=use_cache)
     assert inputs and all(inputs)
     handed = []
     with pytest.raises(NonFiniteLogitsError):  # and on_token never sees a token drawn from them
-        m.generate(torch.tensor([[1, 2]]), 5, use_cache=use_cache, on_token=handed.append)
+        engine.generate(m, torch.tensor([[1, 2]]), 5, use_cache=use_cache, on_token=handed.append)
     assert handed == []
 
 
@@ -346,7 +348,7 @@ def test_peak_flops_uses_the_name_of_the_chosen_gpu(monkeypatch):
 
 def test_fsdp_mesh_is_built_for_the_chosen_device_type(monkeypatch):
     """A CUDA (or Mac) machine training with --device=cpu: fully_shard's default mesh would be
-    built for the machine's accelerator; shard_model builds it for the device type it is given."""
+    built for the machine's accelerator; shard builds it for the run's device type."""
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor
     if not dist.is_available():
@@ -356,7 +358,7 @@ def test_fsdp_mesh_is_built_for_the_chosen_device_type(monkeypatch):
     m = params = mesh = None
     try:
         m = tiny_model()
-        mesh = distributed.shard_model(m, 'cpu')
+        mesh = distributed.shard(m, SimpleNamespace(fsdp=True, device_type='cpu'))
         assert mesh.device_type == 'cpu'
         params = list(m.parameters())
         assert params and all(isinstance(p, DTensor) and p.device_mesh.device_type == 'cpu'

@@ -51,10 +51,10 @@ def make_optimizer(model, kind='sgd'):
     # Muon (train.py's optimizer='muon') checks that its state and steps agree across ranks.
     if kind == 'muon':
         from types import SimpleNamespace
-        import optim
+        from nanogpt import optim
         c = SimpleNamespace(optimizer='muon', learning_rate=1e-2, muon_lr=0.05, muon_momentum=0.95,
                             weight_decay=0.1, beta1=0.9, beta2=0.95)
-        return optim.build_optimizer(model, c, 'cpu')
+        return optim.build_optimizer(model, c, 'muon', 'cpu')
     return torch.optim.SGD(model.parameters(), lr=0.5)
 
 
@@ -68,7 +68,7 @@ def ddp_worker(out_prefix, kind='sgd'):
     seeded with 1337 + rank (DDP must broadcast rank 0's weights), loss divided by the local
     micro-step count, gradients all-reduced on the last micro-step only. The process group is
     made and destroyed as train.py does it: destroyed after the DDP model is gone."""
-    import distributed
+    from nanogpt import distributed
     distributed.init_process_group('gloo')
     ddp_train(out_prefix, kind)
     distributed.shutdown_distributed()

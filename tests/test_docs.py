@@ -54,3 +54,16 @@ def test_relative_links_resolve(page):
 
 def test_readme_is_short():
     assert os.path.getsize(os.path.join(PROJECT, 'README.md')) <= 16 * 1024
+
+
+def test_the_root_holds_the_entry_points_and_the_story_files_stay_short():
+    """docs/layout.md: commands at the root, machinery in nanogpt/; model.py and train.py readable."""
+    import ast
+    root = {f for f in os.listdir(PROJECT) if f.endswith('.py')}
+    assert root == {'model.py', 'train.py', 'sample.py', 'configurator.py', 'bench.py', 'export_hf.py', 'plot.py'}
+    for name, most in (('model.py', 380), ('train.py', 420)):
+        source = open(os.path.join(PROJECT, name)).read()
+        assert source.count('\n') <= most, name
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.FunctionDef):
+                assert node.end_lineno - node.lineno < 120, (name, node.name)

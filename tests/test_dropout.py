@@ -1,4 +1,4 @@
-"""CPU dropout masks from the fast generator (model.MaskSource): Bernoulli(1 - p) masks scaled by
+"""CPU dropout masks from the fast generator (nanogpt/cpu.py's MaskSource): Bernoulli(1 - p) masks scaled by
 1 / (1 - p), independent across elements, rows and steps, resumable from their state, and the
 written-out attention math of the fast path equal to torch's fused attention."""
 
@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from model import GPT, GPTConfig, MaskSource
+from model import GPT, GPTConfig
+from nanogpt.cpu import MaskSource, use_dropout_masks
 
 
 def drop_masks(p, shape=(64, 8192), seed=0, calls=1):
@@ -74,10 +75,7 @@ def test_fast_attention_path_equals_fused_attention():
     eval mode (torch's scaled_dot_product_attention): the attention math is the same."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(n_layer=2, n_head=4, n_embd=64, block_size=32, vocab_size=50, dropout=0.2))
-    keep_all = KeepAll()
-    for m in model.modules():
-        if hasattr(m, 'masks'):
-            m.masks = keep_all
+    assert use_dropout_masks(model, KeepAll())
     x = torch.randint(50, (3, 32))
     fast = model.train()(x, x)[0]
     fused = model.eval()(x, x)[0]

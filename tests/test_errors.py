@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from errors import UserError
+from nanogpt.errors import UserError
 from conftest import PROJECT, make_char_dataset, run_script, tiny_args
 import sample
 import train

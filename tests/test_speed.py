@@ -8,9 +8,9 @@ import sys
 import pytest
 import torch
 
-import devices
-import errors
-from errors import UserError
+from nanogpt import devices
+from nanogpt import errors
+from nanogpt.errors import UserError
 from conftest import PROJECT, run_script, tiny_args
 from model import GPT, GPTConfig
 

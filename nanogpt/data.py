@@ -1,18 +1,17 @@
 """
-Datasets and tokenizers: where data/<dataset> lives, checked memory-maps of train.bin / val.bin,
-random training batches, meta.pkl read with a restricted unpickler, and the character or GPT-2
-BPE tokenizer that belongs to a checkpoint. Used by train.py and sample.py.
+Datasets and tokenizers: where data/<dataset> lives, checked memory-maps of train.bin / val.bin
+(train.py's get_batch draws its windows from them), meta.pkl read with a restricted unpickler, and
+the character or GPT-2 BPE tokenizer that belongs to a checkpoint. Used by train.py and sample.py.
 """
 
 import os
 import pickle
 
 import numpy as np
-import torch
 
-from errors import UserError
+from .errors import UserError
 
-PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))  # data/ lives here, whatever the working directory
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # data/ is here, whatever the working directory
 
 
 def dataset_dir(dataset):
@@ -118,6 +117,16 @@ def tokenizer_for_dataset(dataset):
     return Tokenizer()
 
 
+def meta_vocab_size(data_dir):
+    """The vocab_size in data_dir/meta.pkl, None without one (GPT-2's vocabulary)."""
+    meta_path = os.path.join(data_dir, 'meta.pkl')
+    if not os.path.exists(meta_path):
+        return None
+    vocab_size = load_meta(meta_path)['vocab_size']
+    print(f"found vocab_size = {vocab_size} (inside {meta_path})")
+    return vocab_size
+
+
 def prepare_hint(dataset):
     script = os.path.join(dataset_dir(dataset), 'prepare.py')
     if os.path.exists(script):
@@ -146,35 +155,3 @@ def open_split(data_dir, split, dataset, block_size, vocab_size):
         raise UserError(f"{path} contains token id {top}, not below the model's vocab_size {vocab_size}: "
                         f"the data and meta.pkl / vocab_size do not match; re-run {prepare_hint(dataset)}")
     return data
-
-
-class Batches:
-    """Random training windows as in nanoGPT: starts from torch.randint on the global RNG, targets
-    shifted by one. Remembers the RNG state before each training draw so a checkpoint can
-    replay the batch that was already fetched."""
-
-    def __init__(self, data, c, device, device_type):
-        self.data, self.c, self.device, self.device_type = data, c, device, device_type
-        self.offsets = np.arange(c.block_size + 1)
-        self.rng_before_train = None
-
-    def next_train(self):
-        self.rng_before_train = torch.get_rng_state()
-        return self.get('train')
-
-    def host_batch(self, split):
-        """(x, y) in CPU memory, each contiguous. Slices of the (B, T+1) windows would not be, and
-        pin_memory() keeps strides: the CUDA copy of a non-contiguous pinned tensor first goes
-        through a pageable contiguous temporary, which loses the asynchronous overlap."""
-        data = self.data[split]
-        ix = torch.randint(len(data) - self.c.block_size, (self.c.batch_size,))
-        rows = torch.from_numpy(data[ix.numpy()[:, None] + self.offsets].astype(np.int64))  # (B, T+1)
-        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
-
-    def get(self, split):
-        x, y = self.host_batch(split)
-        if self.device_type == 'cuda':
-            # pinned host memory lets the copy overlap with compute
-            return (x.pin_memory().to(self.device, non_blocking=True),
-                    y.pin_memory().to(self.device, non_blocking=True))
-        return x.to(self.device), y.to(self.device)

@@ -1,22 +1,20 @@
 """
-Checkpoints: crash-safe save, safe load (weights_only), the resume choice between ckpt.pt (best by
-val loss) and last.pt (latest state), RNG state for exact resume, and full state dicts of FSDP
-models. Used by train.py, sample.py and export_hf.py. For train.py also the training state both
-ways: what a checkpoint holds (Saver), and what a resumed run takes back from it: its settings
-(resolve_resume_config), its optimizer state (load_optimizer_state) and its random streams
-(restore_rng).
+Checkpoint files: the crash-safe write (save_checkpoint, and write for train.py's training state),
+the safe load (weights_only), the resume choice between ckpt.pt (best by val loss) and last.pt (the
+latest state), and what a resumed run takes back: the model, the optimizer state and the random
+streams. train.py builds the checkpoint's contents itself, where it saves; sample.py and
+export_hf.py read them through load_checkpoint and model_from_checkpoint.
 """
 
 import os
 import pickle
 import re
-import time
 
 import torch
 
-from configurator import _check_type
-from errors import UserError, warn_once
+from .errors import UserError
 
+# model_args' keys that rebuild the architecture (GPTConfig's fields, dropout aside)
 ARCH_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')
 
 
@@ -145,14 +143,11 @@ def clean_state_dict(state_dict):
     return out
 
 
-MODEL_ARG_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'vocab_size')
-
-
 def model_from_checkpoint(ckpt, **override):
     """A GPT with the checkpoint's architecture and weights."""
     from model import GPT, GPTConfig
     args = dict(ckpt['model_args'])
-    missing = [k for k in MODEL_ARG_KEYS if k not in args]
+    missing = [k for k in ARCH_KEYS if k not in args and k != 'bias']  # bias: GPTConfig's default
     if missing:
         raise UserError(f"the checkpoint's model_args lack {missing}: it was not written by nanoGPT")
     args.update(override)
@@ -170,14 +165,17 @@ def model_from_checkpoint(ckpt, **override):
     return model
 
 
-def rng_state(batches, device_type, device='cuda'):
-    """The random streams a resume restores. The CUDA one is that of `device` (cuda:N), named
-    explicitly: torch.cuda.get_rng_state() alone reads the current device's."""
-    state = {'cpu': batches.rng_before_train}
-    if device_type == 'cuda':
-        state['cuda'] = torch.cuda.get_rng_state(device)
-    elif device_type == 'mps':
+def rng_state(rng_batch, run, masks):
+    """The random streams a resume restores: the CPU generator as it was before the batch last
+    drawn (the resumed run draws that batch again), the device's (the CUDA one of the run's
+    device, named: torch.cuda.get_rng_state() alone reads the current device's) and the CPU
+    dropout masks' (nanogpt/cpu.py)."""
+    state = {'cpu': rng_batch}
+    if run.device_type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(run.device)
+    elif run.device_type == 'mps':
         state['mps'] = torch.mps.get_rng_state()
+    state['dropout'] = masks.state()
     return state
 
 
@@ -187,6 +185,24 @@ def set_rng_state(state, device_type, device='cuda'):
         torch.cuda.set_rng_state(state['cuda'], device)
     elif device_type == 'mps' and 'mps' in state:
         torch.mps.set_rng_state(state['mps'])
+
+
+def restore_rng(ckpt, run, masks):
+    """Take back the random streams the checkpoint saved (rng_state): they replay the batch that
+    was drawn before saving, and the dropout masks continue. Under torchrun each process takes its
+    own, when the checkpoint was saved by as many processes; otherwise rank 0 continues the saved
+    one and the others keep seed + rank."""
+    rng = ckpt.get('rng')
+    if run.ddp:
+        ranks_rng = ckpt.get('rng_ranks') or []
+        rng = ranks_rng[run.rank] if len(ranks_rng) == run.world_size else rng if run.master else None
+        if len(ranks_rng) != run.world_size:
+            print(f"note: {ckpt['path']} was not saved by {run.world_size} processes: ranks other than 0 draw new "
+                  f"batches, so the run will differ from an uninterrupted one")
+    if rng:
+        set_rng_state(rng, run.device_type, run.device)
+        if rng.get('dropout'):
+            masks.set_state(rng['dropout'])
 
 
 def find_resume_checkpoint(out_dir, best=False):
@@ -216,7 +232,11 @@ def find_resume_checkpoint(out_dir, best=False):
             raise UserError(f"cannot resume from {path}: it lacks {', '.join(missing)}; it can still be "
                             f"sampled from, but training needs a full checkpoint (or --init_from=scratch)")
         found.append((ckpt, path))
-    return max(found, key=lambda f: int(f[0]['iter_num']))
+    ckpt, path = max(found, key=lambda f: int(f[0]['iter_num']))
+    ckpt['path'] = path  # for messages; never saved
+    if best:
+        print(f"evaluating {path} (iteration {ckpt['iter_num']})")
+    return ckpt
 
 
 def fit_optimizer_state(optim_sd, params):
@@ -235,152 +255,37 @@ def fit_optimizer_state(optim_sd, params):
                                  f"{tuple(p.shape)}")
 
 
-def optimizer_param_names(model, optimizer):
-    """The optimizer's parameters by name, in its own order: the order in which a plain
-    optimizer.state_dict() numbers them 0, 1, 2, ..."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    return [names[id(p)] for group in optimizer.param_groups for p in group['params']]
+def write(state, out_dir, name, run):
+    """Write train.py's training state `state` as out_dir/<name>; a new ckpt.pt replaces last.pt
+    as the latest state. Under torchrun every process calls this at the same points (the random
+    streams of all of them are gathered into 'rng_ranks'); rank 0 alone writes."""
+    if run.ddp:
+        import torch.distributed as dist
+        state['rng_ranks'] = [None] * run.world_size
+        dist.all_gather_object(state['rng_ranks'], state['rng'])
+    if not run.master:
+        return
+    path = os.path.join(out_dir, name)
+    # the loss is checked only every log_interval on CUDA, and a signal can come at any
+    # iteration, so the weights themselves are checked: a diverged model is never saved
+    floats = {k: v for k, v in state['model'].items() if v.is_floating_point()}
+    if floats and not torch.stack([torch.isfinite(v).all() for v in floats.values()]).all():  # one sync
+        bad = next(k for k, v in floats.items() if not torch.isfinite(v).all())
+        raise UserError(f"the weights are not finite at iter {state['iter_num']} ({bad}): training diverged; "
+                        f"{name} was not written and earlier checkpoints are untouched (try a lower "
+                        f"--learning_rate)")
+    print(f"saving checkpoint to {path}")
+    save_checkpoint(state, path)
+    last = os.path.join(out_dir, 'last.pt')
+    if name == 'ckpt.pt' and os.path.exists(last):
+        os.remove(last)  # ckpt.pt is now the latest state too
 
 
-def full_sharded_state(model, optimizer):
-    """Full (unsharded) model and optimizer state dicts of an FSDP model, in the plain format a
-    single process saves (optimizer state numbered, not named), so any reader can load them.
-    Collective: every rank must call it; only rank 0 gets the tensors, the others empty dicts."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    model_sd = get_model_state_dict(model, options=opts)
-    optim_sd = get_optimizer_state_dict(model, optimizer, options=opts)
-    if not optim_sd:
-        return model_sd, optim_sd
-    index = {n: i for i, n in enumerate(optimizer_param_names(model, optimizer))}
-    return model_sd, {'state': {index[k]: v for k, v in optim_sd['state'].items()},
-                      'param_groups': [dict(g, params=[index[n] for n in g['params']])
-                                       for g in optim_sd['param_groups']]}
-
-
-def load_full_optimizer_state(model, optimizer, optim_sd):
-    """Load a plain (numbered) optimizer state dict, as in any ckpt.pt, into the optimizer of an
-    FSDP model: each rank keeps the shards of its own parameters."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    names = optimizer_param_names(model, optimizer)
-
-    def name(k):  # numbered by a plain optimizer, or already named
-        return names[k] if isinstance(k, int) else k
-    named = {'state': {name(k): v for k, v in optim_sd['state'].items()},
-             'param_groups': [dict(g, params=[name(k) for k in g['params']]) for g in optim_sd['param_groups']]}
-    set_optimizer_state_dict(model, optimizer, named, options=StateDictOptions(full_state_dict=True))
-
-
-# ---- the training state: what train.py writes, and what a resumed run takes back --------------
-
-class Saver:
-    """Writes the training state to out_dir/ckpt.pt or last.pt. Under torchrun every rank calls
-    save() at the same points (see state()); rank 0 alone writes. `procs` is the process's place
-    in the job (distributed.Procs); `budget` a schedule.TimeBudget or None."""
-
-    def __init__(self, c, procs, model, optimizer, scaler, batches, model_args, config, budget, device_type):
-        self.c, self.procs, self.model, self.optimizer, self.scaler = c, procs, model, optimizer, scaler
-        self.batches, self.model_args, self.config, self.budget = batches, model_args, config, budget
-        self.device_type = device_type
-
-    def state(self, iter_num, best_val_loss):
-        """What ckpt.pt / last.pt hold. Under torchrun every rank calls this at the same points:
-        FSDP gathers the full weights and optimizer state (collectives that leave the result on
-        rank 0 only, on the CPU), and every rank's RNG state is collected for an exact resume."""
-        if self.c.fsdp and self.procs.ddp:
-            model_sd, optim_sd = full_sharded_state(self.model, self.optimizer)
-        else:
-            model_sd, optim_sd = self.model.state_dict(), self.optimizer.state_dict()
-        rng = rng_state(self.batches, self.device_type, self.c.device)
-        state = {'model': model_sd, 'optimizer': optim_sd, 'model_args': self.model_args,
-                 'iter_num': iter_num, 'best_val_loss': best_val_loss, 'config': self.config,
-                 'rng': dict(rng, dropout=self.model.dropout_masks.state()),
-                 'scaler': self.scaler.state_dict() if self.scaler is not None else None,
-                 'gelu_approximate': self.model.gelu_approximate}
-        if self.budget is not None:
-            state['time'] = self.budget.state()  # a resumed budgeted run continues its clock and schedule
-        if self.procs.ddp:
-            import torch.distributed as dist
-            state['rng_ranks'] = [None] * self.procs.world_size
-            dist.all_gather_object(state['rng_ranks'], state['rng'])
-        return state
-
-    def save(self, name, iter_num, best_val_loss):
-        """Write the state as out_dir/<name>; a new ckpt.pt replaces last.pt as the latest state."""
-        state = self.state(iter_num, best_val_loss)  # every rank takes part
-        if not self.procs.master:
-            return
-        path = os.path.join(self.c.out_dir, name)
-        # the loss is checked only every log_interval on CUDA and a signal can arrive at any
-        # iteration, so the weights themselves are checked: a diverged model is never saved
-        floats = {k: v for k, v in state['model'].items() if v.is_floating_point()}
-        if floats and not torch.stack([torch.isfinite(v).all() for v in floats.values()]).all():  # one sync
-            bad = next(k for k, v in floats.items() if not torch.isfinite(v).all())
-            raise UserError(f"the weights are not finite at iter {iter_num} ({bad}): training diverged; "
-                            f"{name} was not written and earlier checkpoints are untouched (try a lower "
-                            f"--learning_rate)")
-        print(f"saving checkpoint to {path}")
-        t_save = time.time()
-        save_checkpoint(state, path)
-        if self.budget is not None:
-            self.budget.save_s = time.time() - t_save
-        last = os.path.join(self.c.out_dir, 'last.pt')
-        if name == 'ckpt.pt' and os.path.exists(last):
-            os.remove(last)  # ckpt.pt is now the latest state too
-
-
-def restore_rng(ckpt, ckpt_path, procs, model, device_type, device):
-    """Take back the random streams the checkpoint saved (see Saver.state): they replay the batch
-    that was fetched before saving, and the model's CPU dropout masks continue."""
-    rng = ckpt.get('rng')
-    if procs.ddp:
-        # every rank takes back its own random stream, when the checkpoint was saved by as many
-        # processes; otherwise rank 0 continues the saved one and the others keep seed + rank
-        ranks_rng = ckpt.get('rng_ranks') or []
-        rng = ranks_rng[procs.rank] if len(ranks_rng) == procs.world_size else rng if procs.master else None
-        if len(ranks_rng) != procs.world_size:
-            print(f"note: {ckpt_path} was not saved by {procs.world_size} processes: ranks other than 0 draw new "
-                  f"batches, so the run will differ from an uninterrupted one")
-    if rng:
-        set_rng_state(rng, device_type, device)
-        if rng.get('dropout'):
-            model.dropout_masks.set_state(rng['dropout'])
-
-
-def resolve_resume_config(c, ckpt, defaults, not_resumed):
-    """Settings not given on the command line (or in a config file) come from the checkpoint's
-    stored config, except those in `not_resumed`; architecture settings that were given must
-    agree with the checkpoint. `defaults`: train.py's DEFAULTS."""
-    given = getattr(c, '_given', None)
-
-    def was_given(k):
-        # train(c) called without main(): a value other than the default counts as given
-        return k in given if given is not None else getattr(c, k) != defaults[k]
-
-    stored = ckpt.get('config') or {}
-    for k, v in stored.items():
-        if k in defaults and k not in not_resumed and not was_given(k):
-            try:
-                setattr(c, k, _check_type(k, v, defaults[k], f"{c.out_dir} checkpoint config"))
-            except UserError as e:
-                warn_once(f"{e}; using {getattr(c, k)!r}")
-    margs = ckpt['model_args']
-    for k in ('n_layer', 'n_head', 'n_embd', 'bias'):
-        if was_given(k) and getattr(c, k) != margs[k]:
-            raise UserError(f"the checkpoint has {k}={margs[k]!r} but {k}={getattr(c, k)!r} was given: "
-                            f"drop the override, or train a new model in another --out_dir")
-        setattr(c, k, margs[k])
-    if not was_given('block_size') and 'block_size' not in stored:
-        c.block_size = margs['block_size']
-    if c.block_size > margs['block_size']:
-        raise UserError(f"cannot resume with block_size={c.block_size}: the checkpoint was trained with "
-                        f"block_size={margs['block_size']} and position embeddings cannot grow; "
-                        f"use --block_size={margs['block_size']} or less")
-
-
-def load_optimizer_state(optimizer, sd, path, kind, sharded_model=None):
-    """Load a checkpoint's optimizer state, with one-line errors when it cannot belong here."""
+def load_optimizer_state(optimizer, ckpt, kind, sharded_model=None):
+    """Load a checkpoint's optimizer state, with one-line errors when it cannot belong here.
+    `kind`: adamw or muon; `sharded_model`: the FSDP model, whose processes each keep their shard."""
+    from .distributed import load_full_optimizer_state
+    sd, path = ckpt['optimizer'], ckpt['path']
     saved = sd.get('kind', 'adamw') if isinstance(sd, dict) else 'adamw'
     if saved != kind:
         raise UserError(f"{path} was trained with optimizer={saved}, whose state cannot continue as {kind}: "

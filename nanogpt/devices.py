@@ -3,7 +3,7 @@ Where and how a run computes: the device (resolve_device: auto, cpu, cuda, cuda:
 and torch.compile choice by rule (resolve_dtype, resolve_compile, compile_model with its eager
 fallback, autocast_ctx), and the peak FLOP/s that MFU is measured against (peak_flops: a table of
 GPU datasheets, or a short measured matmul). On a CPU, train.py and bench.py choose dtype and
-compile by measurement instead (autotune.py). Nothing here runs at import time.
+compile by measurement instead (nanogpt/autotune.py). Nothing here runs at import time.
 """
 
 import importlib.util
@@ -16,7 +16,7 @@ from contextlib import nullcontext
 
 import torch
 
-from errors import UserError, warn_once
+from .errors import UserError, warn_once
 
 PTDTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
@@ -170,12 +170,13 @@ class CompiledModel(torch.nn.Module):
     """torch.compile(module) that falls back to running `module` eagerly, with one warning, when
     compiling fails (a broken compiler, an unsupported op or platform). Compilation happens at
     the first call of each mode (train/eval), so failures show up there. Parameters are the
-    module's own (registered as `_orig_mod`, as torch.compile does), so state_dict keys match."""
+    module's own (registered as `_orig_mod`, as torch.compile does), so state_dict keys match.
+    `fell_back`: True once it runs eagerly."""
 
     def __init__(self, module):
         super().__init__()
         self._orig_mod = module
-        self.__dict__['_eager'] = False
+        self.__dict__['fell_back'] = False
         try:
             self.__dict__['_compiled'] = torch.compile(module)  # not a submodule: no duplicate keys
         except Exception as e:
@@ -185,10 +186,10 @@ class CompiledModel(torch.nn.Module):
         msg = str(error).strip().splitlines()
         warn_once(f"torch.compile failed ({type(error).__name__}: {msg[0][:160] if msg else ''}); "
                   f"running eager (set --compile=False to skip the attempt)")
-        self.__dict__['_eager'] = True
+        self.__dict__['fell_back'] = True
 
     def forward(self, *args, **kwargs):
-        if self._eager:
+        if self.fell_back:
             return self._orig_mod(*args, **kwargs)
         try:
             return self._compiled(*args, **kwargs)

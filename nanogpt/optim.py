@@ -14,8 +14,8 @@ with AdamW, as in modded-nanogpt and nanochat. PyTorch ships Muon as torch.optim
 
 import torch
 
-import devices
-from errors import UserError
+from . import devices
+from .errors import UserError
 
 MUON_MIN_TORCH = (2, 9)
 
@@ -86,8 +86,8 @@ def check_muon_available():
 def resolve_optimizer(name, device_type, device=None, sharded=False):
     """'auto' -> 'muon' where its orthogonalisation runs at speed, else 'adamw'; prints why.
     torch.optim.Muon computes its Newton-Schulz iteration in bfloat16: where bf16 is emulated (CPUs
-    without AVX512-BF16 or AMX, GPUs before compute capability 8.0) its matmuls run about 50x
-    slower than float32 ones (1-2 GFLOP/s measured on AVX2), and a Muon step takes seconds."""
+    without AVX512-BF16 or AMX, GPUs before compute capability 8.0) its matmuls run far slower
+    than float32 ones, and a Muon step takes seconds (docs/training.md)."""
     if name != 'auto':
         return name
     if sharded:
@@ -103,13 +103,13 @@ def resolve_optimizer(name, device_type, device=None, sharded=False):
     return chosen
 
 
-def build_optimizer(model, c, device_type):
-    """AdamW exactly as nanoGPT builds it (model.configure_optimizers), or MuonAdamW. `c` holds
-    optimizer, learning_rate, muon_lr, muon_momentum, weight_decay, beta1, beta2."""
-    if c.optimizer == 'adamw':
+def build_optimizer(model, c, kind, device_type):
+    """AdamW (kind 'adamw') exactly as nanoGPT builds it (model.configure_optimizers), or MuonAdamW
+    ('muon'). `c` holds learning_rate, muon_lr, muon_momentum, weight_decay, beta1, beta2."""
+    if kind == 'adamw':
         return model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device_type)
-    if c.optimizer != 'muon':
-        raise UserError(f"unknown optimizer {c.optimizer!r}: use adamw or muon (e.g. --optimizer=muon)")
+    if kind != 'muon':
+        raise UserError(f"unknown optimizer {kind!r}: use adamw or muon (e.g. --optimizer=muon)")
     check_muon_available()
     params = dict(model.named_parameters())
     muon_names, adamw_names = muon_param_split(model)

@@ -9,15 +9,24 @@ import json
 import os
 import time
 
-from schedule import format_duration
+from . import devices
+
+
+def format_duration(s):
+    s = max(0, int(round(s)))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 class Metrics:
-    """The run's report, a context manager that closes metrics.jsonl. `model` (the unwrapped
-    GPT) estimates MFU against `peak` FLOP/s; `budget` is the TimeBudget or None."""
+    """The run's report; close() closes metrics.jsonl. `run` is the settings.Run, `model` the
+    unwrapped GPT (it estimates MFU), `budget` the TimeBudget or None."""
 
-    def __init__(self, c, config, master, model, peak, tokens_per_iter, budget):
-        self.c, self.model, self.peak, self.tokens_per_iter, self.budget = c, model, peak, tokens_per_iter, budget
+    def __init__(self, c, run, config, model, budget):
+        master = run.master
+        self.c, self.run, self.model, self.budget = c, run, model, budget
+        self.tokens_per_iter = run.tokens_per_iter
+        self.peak, src = devices.peak_flops(run.device, run.dtype, c.peak_flops)
+        print(f"mfu is measured against {self.peak / 1e12:.3g} TFLOP/s ({src})")
         self.t_start, self.running_mfu = None, -1.0
         # a new run starts a new metrics file; a resumed run appends to it
         self.file = open(os.path.join(c.out_dir, 'metrics.jsonl'), 'a' if c.init_from == 'resume' else 'w') \
@@ -54,7 +63,7 @@ class Metrics:
         the loss lossf."""
         c, budget = self.c, self.budget
         if local_iter_num >= 5:  # the first iterations include compilation and warm-up
-            mfu = self.model.estimate_mfu(c.batch_size * c.gradient_accumulation_steps, dt, self.peak)
+            mfu = self.model.estimate_mfu(c.batch_size * self.run.grad_accum, dt, self.peak)
             self.running_mfu = mfu if self.running_mfu == -1.0 else 0.9 * self.running_mfu + 0.1 * mfu
         tok_s = self.tokens_per_iter / dt
         if budget is not None:
@@ -79,9 +88,6 @@ class Metrics:
         if os.path.exists(ckpt_file):
             print(f"best model: {ckpt_file}; sample from it with: python sample.py --out_dir={c.out_dir}")
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
+    def close(self):
         if self.file:
             self.file.close()

@@ -3,7 +3,7 @@ dtype and torch.compile on the CPU, chosen by measuring this model and batch (dt
 compile=auto in train.py and bench.py).
 
 CPUs differ too much for a rule: without bf16 units (AVX2 only) bfloat16 matmuls are emulated
-and several times slower than float32; with AVX512-BF16 or AMX they are 2-7x faster, but
+and slower than float32; with AVX512-BF16 or AMX they are faster (docs/speed.md has figures), but
 autocast adds casts that small models may not repay; compiling fuses the elementwise work
 between the matmuls but costs a minute or more. So a few forward+backward micro-steps of the
 real model on a batch of the real shape are timed in each candidate (float32, and bfloat16 where
@@ -13,8 +13,8 @@ kept too. The measurements are cached per machine, torch version and model/batch
 ~/.cache/nanogpt/autotune.json (NANOGPT_CACHE_DIR or XDG_CACHE_HOME move it), so the next run
 starts at once. The model's weights and the random streams are left exactly as they were.
 
-train.py asks choose_dtype_and_compile, which measures on a CPU and applies the rule of
-devices.py (resolve_dtype, resolve_compile) on GPUs and MPS.
+train.py asks choose_for_training, which measures on a CPU and applies the rule of devices.py
+(resolve_dtype, resolve_compile) on GPUs and MPS; bench.py asks choose.
 """
 
 import json
@@ -23,8 +23,8 @@ import time
 
 import torch
 
-import devices
-from errors import UserError, warn_once
+from . import cpu, devices
+from .errors import UserError, warn_once
 
 TRIAL_SECONDS = 4.0  # time for the timed eager micro-steps of all candidates together
 # compiling is tried when the run's expected saving, at this fraction of its eager time, is more
@@ -93,7 +93,7 @@ def candidates(model, dtype):
     dropout, 'bfloat16+math': attention as matmuls and softmax instead of torch's fused CPU
     kernel, which measures slower in bfloat16 at short block sizes on some CPUs. float32 keeps
     the fused kernel and with it the original's numbers; with dropout the CPU path is written
-    out anyway (model.Dropout)."""
+    out anyway (nanogpt/cpu.py)."""
     dtypes = [dtype] if dtype != 'auto' else ['float32'] + (['bfloat16'] if devices.cpu_has_bf16_units() else [])
     keys = []
     for d in dtypes:
@@ -104,9 +104,10 @@ def candidates(model, dtype):
 
 
 class Trial:
-    """Forward+backward micro-steps of the real model on random tokens of the real shape. The
-    weights never change (no optimizer step); gradients are dropped and the CPU random state
-    (batches, dropout masks) is put back afterwards."""
+    """Forward+backward micro-steps of the real model on random tokens of the real shape, eager
+    ones as train.py runs them on a CPU (its own dropout masks, nanogpt/cpu.py). The weights never
+    change (no optimizer step); gradients are dropped, the CPU random state is put back and the
+    model is left in its plain form afterwards."""
 
     def __init__(self, model, batch_size, seed=0):
         cfg = model.config
@@ -114,10 +115,15 @@ class Trial:
         self.x = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), generator=g)
         self.y = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), generator=g)
         self.model = model
+        self.masks = cpu.MaskSource()
+        self.masks.seed(seed)
 
-    def step(self, fwd, key):
+    def step(self, fwd, key, compiled=False):
         dtype, _, attn = key.partition('+')
-        self.model.set_math_attention(bool(attn))
+        if compiled:  # a compiled model keeps nn.Dropout and the fused attention
+            cpu.use_dropout_masks(self.model, None)
+        elif not cpu.use_dropout_masks(self.model, self.masks):
+            cpu.use_written_out_attention(self.model, bool(attn))
         t0 = time.perf_counter()
         with devices.autocast_ctx('cpu', dtype):
             _, loss = fwd(self.x, self.y)
@@ -126,16 +132,14 @@ class Trial:
 
     def __enter__(self):
         self.rng = torch.get_rng_state()
-        self.masks = self.model.dropout_masks.state()
         self.was_training = self.model.training
         self.model.train()
         return self
 
     def __exit__(self, *exc):
         self.model.zero_grad(set_to_none=True)
-        self.model.set_math_attention(False)
+        cpu.use_dropout_masks(self.model, None)
         torch.set_rng_state(self.rng)
-        self.model.dropout_masks.set_state(self.masks)
         self.model.train(self.was_training)
 
 
@@ -215,16 +219,16 @@ def choose(model, batch_size, dtype, compile, run_steps, budget_s=None, compile_
                 compiled_model = devices.compile_model(model)
                 if compile == 'auto' and cached_compiled is None:
                     t0 = time.perf_counter()
-                    trial.step(compiled_model, dtype)  # compiles
+                    trial.step(compiled_model, dtype, compiled=True)  # compiles
                     first = time.perf_counter() - t0
-                    if not compiled_model._eager:
-                        t_c = sorted(trial.step(compiled_model, dtype) for _ in range(3))[1]
+                    if not compiled_model.fell_back:
+                        t_c = sorted(trial.step(compiled_model, dtype, compiled=True) for _ in range(3))[1]
                         compile_s = max(0.0, first - t_c)
                         entry = dict(entry, compile_s=compile_s, compiled=dict(entry.get('compiled', {}), **{dtype: t_c}))
                         store(key, entry)
                         times[(dtype, True)] = t_c
                         log(f"auto compile: {label(dtype, True)} {t_c * 1000:.0f} ms after {compile_s:.0f}s of compiling")
-                if compile == 'auto' and (compiled_model._eager or not pick(times, 0.0, run_steps, budget_s)[1]):
+                if compile == 'auto' and (compiled_model.fell_back or not pick(times, 0.0, run_steps, budget_s)[1]):
                     compiled_model = None  # slower than eager, or failed: the compile time is spent either way
     use_compile = compiled_model is not None
     math_attention = not use_compile and best.endswith('+math')
@@ -234,31 +238,30 @@ def choose(model, batch_size, dtype, compile, run_steps, budget_s=None, compile_
     return dtype, math_attention, use_compile, compiled_model
 
 
-def choose_dtype_and_compile(model, c, device_type, ddp, start_iter, budget):
-    """Resolve c.dtype and c.compile for a training run: 'auto' by measurement on a CPU (choose),
-    by rule on GPUs and MPS. Returns the compiled model when the measurement has compiled it
-    already. Under torchrun every rank calls it: rank 0's measured choice holds for all."""
-    measure = device_type == 'cpu' and 'auto' in (c.dtype, c.compile) and not (c.fsdp and ddp)
-    if c.dtype != 'auto' or not measure:
-        c.dtype = devices.resolve_dtype(c.dtype, device_type, device=c.device)  # checks a fixed choice
+def choose_for_training(model, c, run, ckpt, budget):
+    """(run with dtype, compile and written_out_attention resolved, the compiled model or None):
+    'auto' by measurement on a CPU (choose), by rule on GPUs and MPS. `run`: the settings.Run;
+    `ckpt`: the resumed checkpoint or None; `budget`: the TimeBudget or None. Under torchrun every
+    process measures, and rank 0's choice holds for all."""
+    measure = run.device_type == 'cpu' and 'auto' in (c.dtype, c.compile) and not run.fsdp
+    dtype, compile_ = c.dtype, c.compile
+    if dtype != 'auto' or not measure:
+        dtype = devices.resolve_dtype(dtype, run.device_type, device=run.device)  # checks a fixed choice
     if not measure:
-        c.compile = devices.resolve_compile(c.compile, device_type)
-        return None
-    if c.compile not in ('auto', True, False):
-        raise UserError(f"compile must be True, False or auto, got {c.compile!r}")
+        return run.but(dtype=dtype, compile=devices.resolve_compile(compile_, run.device_type)), None
+    if compile_ not in ('auto', True, False):
+        raise UserError(f"compile must be True, False or auto, got {compile_!r}")
     why_not = devices.compile_unavailable('cpu')
-    if why_not and c.compile is True:
+    if why_not and compile_ is True:
         warn_once(f"torch.compile unavailable ({why_not}); running eager")
-        c.compile = False
-    steps = (c.max_iters - start_iter + 1) * c.gradient_accumulation_steps
-    dtype, math_attention, use_compile, compiled = choose(
-        model, c.batch_size, c.dtype, c.compile, steps, budget.left() if budget else None, not why_not)
-    if ddp:  # every rank measured; rank 0's choice holds for all
+        compile_ = False
+    steps = (c.max_iters - (ckpt['iter_num'] if ckpt else 0) + 1) * run.grad_accum
+    dtype, written_out, use_compile, compiled = choose(
+        model, c.batch_size, dtype, compile_, steps, budget.left() if budget else None, not why_not)
+    if run.ddp:  # every process measured; rank 0's choice holds for all
         import torch.distributed as dist
-        choice = [dtype, math_attention, use_compile]
+        choice = [dtype, written_out, use_compile]
         dist.broadcast_object_list(choice, src=0)
-        dtype, math_attention, use_compile = choice
+        dtype, written_out, use_compile = choice
         compiled = (compiled or devices.compile_model(model)) if use_compile else None
-    model.set_math_attention(math_attention)
-    c.dtype, c.compile = dtype, use_compile
-    return compiled
+    return run.but(dtype=dtype, compile=use_compile, written_out_attention=written_out), compiled

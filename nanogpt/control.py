@@ -1,0 +1,279 @@
+"""
+Run control for train.py's loop: when it stops (a signal), when it closes (a time budget spent),
+where the learning-rate schedule stands, and what it reports. RunControl is the loop's one
+companion: train.py calls it at a few named points (check, evaluated, iteration_done, save) and
+it does the bookkeeping there: timing for the budget, the console lines and metrics.jsonl (through
+metrics.Metrics), agreement between torchrun processes, and the checkpoint files (through
+checkpoint.write).
+
+With time_budget = 0 (the default) the schedule follows the iteration count, as in nanoGPT. With a
+budget in seconds it follows the fraction of the budget spent: the run is placed at "iteration"
+progress * lr_decay_iters, so warmup takes warmup_iters / lr_decay_iters of the time and the
+rate reaches min_lr as the last iteration ends, on a fast machine and on a slow one.
+"""
+
+import math
+import os
+import signal
+import threading
+import time
+
+import torch
+import torch.distributed as dist
+
+from . import checkpoint
+from .errors import UserError, warn_once
+from .metrics import Metrics, format_duration
+
+
+class TimeBudget:
+    """The wall-clock budget of a run, from the start of the process to its last checkpoint,
+    setup, compilation, evaluations and saving included, summed over resumed runs.
+
+    The training loop asks `must_close()` before each iteration: true when one more iteration,
+    an evaluation that falls due and the closing evaluation and save would not all fit in what
+    is left. `progress()` is the schedule's position: 0 at the first training iteration, 1 when
+    the time left is only what the closing evaluation and save need.
+    """
+
+    MARGIN = 0.01  # of the budget, kept free for printing, closing files and exiting
+
+    def __init__(self, seconds, t0=None, spent=0.0, start=None, clock=time.time):
+        self.seconds = float(seconds)
+        self.clock = clock
+        self.t0 = clock() if t0 is None else t0  # when this process's share began
+        self.spent_before = float(spent)  # by the runs this one resumes
+        self.start = start  # spent() at the first training iteration of the first run
+        self.eval_s = self.save_s = None  # the last measured durations
+        self.save_guess_s = 1.0
+        self.iter_times = []  # this process's iteration times, the first (warm-up, compilation) apart
+        self.closed = False  # the budget ended the run (stored: resuming with no more time is refused)
+
+    FEW_ITERATIONS = 500  # fewer than this in a whole budget: the model is too big for it
+
+    def iter_done(self, seconds):
+        self.iter_times.append(seconds)
+        del self.iter_times[1:-9]  # keep the first and the 9 newest
+        if len(self.iter_times) == 6:  # once, when the pace is known
+            pace = self.iter_s
+            fits = (self.seconds - (self.start or 0.0)) / pace if pace else None
+            if fits and fits < self.FEW_ITERATIONS:
+                warn_once(f"at {pace:.2f}s an iteration this {format_duration(self.seconds)} budget fits "
+                          f"about {fits:.0f} iterations: a smaller model (n_layer, n_embd, block_size) "
+                          f"would learn more in it on this machine")
+
+    @property
+    def iter_s(self):
+        """Seconds one more iteration takes: the median of the recent ones; the first iteration,
+        slowed by warm-up or compilation, counts only until there is another."""
+        recent = sorted(self.iter_times[1:] or self.iter_times)
+        return recent[len(recent) // 2] if recent else None
+
+    def spent(self):
+        return self.spent_before + self.clock() - self.t0
+
+    def left(self):
+        return self.seconds - self.spent()
+
+    def loop_started(self, at=None):
+        """The first training iteration began at time `at` (default: now): the schedule starts there."""
+        if self.start is None:
+            self.start = self.spent() if at is None else self.spent_before + at - self.t0
+
+    def eval_estimate(self, eval_iters, grad_accum):
+        """Seconds for one evaluation: measured, or before the first one a guess from the
+        iteration time (2 splits x eval_iters forward passes, each about a third of a micro-step)."""
+        if self.eval_s is not None:
+            return self.eval_s
+        if self.iter_s is not None:
+            return 1.5 * 2 * eval_iters * self.iter_s / grad_accum / 3
+        return 0.0
+
+    def reserve(self, eval_iters, grad_accum):
+        """Seconds the closing evaluation, the save and the exit need."""
+        save = self.save_s if self.save_s is not None else self.save_guess_s
+        return self.eval_estimate(eval_iters, grad_accum) + save + self.MARGIN * self.seconds
+
+    def must_close(self, eval_due, eval_iters, grad_accum):
+        need = (self.iter_s or 0.0) + self.reserve(eval_iters, grad_accum)
+        if eval_due:  # an evaluation (and maybe a save) before that iteration
+            need += self.eval_estimate(eval_iters, grad_accum) + (self.save_s or 0.0)
+        self.closed = self.left() < need
+        return self.closed
+
+    def progress(self, eval_iters, grad_accum):
+        start = self.start if self.start is not None else self.spent()
+        horizon = self.seconds - self.reserve(eval_iters, grad_accum) - start
+        if horizon <= 0:
+            return 1.0
+        return min(1.0, max(0.0, (self.spent() - start) / horizon))
+
+    def state(self):
+        return {'spent': self.spent(), 'start': self.start, 'seconds': self.seconds, 'closed': self.closed}
+
+    def spent_by(self, saved):
+        """Whether a checkpoint's time state (state()) says that a budget at least this large
+        already ended that run: what it left over is less than an iteration and the closing work."""
+        return saved.get('closed', False) and self.seconds <= saved.get('seconds', 0.0)
+
+
+class StopSignals:
+    """Ctrl-C and SIGTERM (schedulers, torchrun) stop the loop at the next iteration boundary,
+    which saves the training state to last.pt; a second signal interrupts at once. `received`:
+    the first signal's number, None until one arrives."""
+
+    def __init__(self, ddp):
+        self.ddp, self.received, self.at, self.old_handlers = ddp, None, None, {}
+
+    def handle(self, signum, frame):
+        if self.received is None:
+            self.received, self.at = signum, time.monotonic()
+        elif not (self.ddp and time.monotonic() - self.at < 1.0):
+            # under torchrun a terminal's Ctrl-C reaches every rank and torchrun forwards it again:
+            # a repeat within a second is that echo, not a request to abort the save
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # the only thread that may set handlers
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.old_handlers[s] = signal.signal(s, self.handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self.old_handlers.items():
+            signal.signal(s, h)
+
+
+def start_budget(c, ckpt, t0=None):
+    """The run's TimeBudget (None without time_budget, and for eval_only). A resumed run goes on
+    with its clock and schedule; a budget already spent is refused before anything is built."""
+    if not c.time_budget or c.eval_only:
+        return None
+    saved = (ckpt or {}).get('time') or {}
+    budget = TimeBudget(c.time_budget, t0, saved.get('spent', 0.0), saved.get('start'))
+    if budget.left() <= budget.reserve(c.eval_iters, 1) or budget.spent_by(saved):
+        raise UserError(f"the time budget is spent: {c.out_dir} has used {budget.spent():.0f}s of "
+                        f"time_budget={c.time_budget:g}s; continue with a larger one, e.g. "
+                        f"--time_budget={2 * c.time_budget:g}")
+    return budget
+
+
+class RunControl:
+    """train.py's loop talks to this at a few named points. `c`: the settings; `run`: the
+    settings.Run; `model`: the unwrapped GPT (for MFU); `config`: what checkpoints store;
+    `budget`: a TimeBudget or None. A context manager: inside it Ctrl-C and SIGTERM stop the loop
+    at the next check(), and metrics.jsonl is open."""
+
+    def __init__(self, c, run, model, config, budget):
+        self.c, self.run, self.budget = c, run, budget
+        self.signals = StopSignals(run.ddp)
+        self.metrics = Metrics(c, run, config, model, budget)
+        self.local_iters = 0  # iterations this process has run
+        self.start_iter = None
+        self.t_last = None  # when the last iteration ended (or the loop began)
+        self.t_mark = None  # when the current iteration's own work began (after any evaluation and save)
+        self.losses, self.evals = {}, {}  # iteration -> loss, and -> (train, val): the summary's record
+        self.config = config
+
+    def __enter__(self):
+        self.signals.__enter__()
+        self.t_last = self.t_mark = self.metrics.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.signals.__exit__(*exc)
+        self.metrics.close()
+
+    # ---- before an iteration ---------------------------------------------------------------
+
+    def check(self, iter_num, eval_due):
+        """(stop, close) before an iteration: stop after a signal; with a time budget, close
+        (evaluate, save, stop) when the next iteration would not fit. Under torchrun every process
+        must decide alike: rank 0's signal flag and clock decide."""
+        c, run, budget = self.c, self.run, self.budget
+        if self.start_iter is None:
+            self.start_iter = iter_num
+        self.t_mark = time.time()
+        closing = budget is not None and (iter_num >= c.max_iters or budget.must_close(
+            eval_due, c.eval_iters, run.grad_accum))
+        self.progress = budget.progress(c.eval_iters, run.grad_accum) if budget else 0.0
+        stop = self.signals.received is not None
+        if run.ddp and (budget is not None or iter_num % c.log_interval == 0):
+            # without a budget the processes agree at log_interval boundaries only, so that a
+            # CUDA run pays no host sync for this at every iteration
+            flag = torch.tensor([float(stop), float(closing and run.master), self.progress if run.master else 0.0],
+                                dtype=torch.float64, device=run.device)
+            dist.all_reduce(flag)
+            stop, closing, self.progress = flag.tolist()
+            stop, closing = stop > 0, closing > 0
+        elif run.ddp:
+            stop = False
+        return stop, closing
+
+    def schedule_iter(self, iter_num):
+        """The iteration the learning-rate schedule stands at: iter_num, or with a time budget
+        progress * lr_decay_iters (a fraction)."""
+        return self.progress * self.c.lr_decay_iters if self.budget else iter_num
+
+    def stopped(self, iter_num):
+        print(f"stopped by signal at iter {iter_num}: training state saved to "
+              f"{os.path.join(self.c.out_dir, 'last.pt')}; continue with --init_from=resume")
+
+    # ---- evaluation and checkpoints ----------------------------------------------------------
+
+    def eval_progress(self, split, k):
+        """Called after each evaluation batch."""
+
+    def evaluated(self, iter_num, losses, lr):
+        """An evaluation's losses {'train': ..., 'val': ...}: printed and recorded; a non-finite
+        validation loss ends the run with one line."""
+        if self.budget is not None:
+            self.budget.eval_s = time.time() - self.t_mark
+        self.metrics.eval(iter_num, losses, lr)
+        self.evals[iter_num] = (losses['train'], losses['val'])
+        if not math.isfinite(losses['val']):
+            raise UserError(f"validation loss is {losses['val']} at iter {iter_num}: training diverged; "
+                            f"checkpoints were left untouched (try a lower --learning_rate)")
+        self.t_mark = time.time()
+
+    def save(self, name, state):
+        """Write the training state `state` to out_dir/<name> (rank 0; every process calls this
+        at the same points, collectives included). See checkpoint.write."""
+        if self.budget is not None:
+            state['time'] = self.budget.state()  # a resumed budgeted run continues its clock and schedule
+        t0 = time.time()
+        checkpoint.write(state, self.c.out_dir, name, self.run)
+        if self.budget is not None and self.run.master:
+            self.budget.save_s = time.time() - t0
+        self.t_mark = time.time()
+
+    # ---- after an iteration ------------------------------------------------------------------
+
+    def iteration_done(self, iter_num, loss, lr):
+        """One iteration ended; `loss` is its last micro-step's loss divided by grad_accum. The
+        loss is read (a host sync) on the CPU at every iteration, on GPUs at log_interval."""
+        c, run = self.c, self.run
+        t1 = time.time()
+        dt, self.t_last = t1 - self.t_last, t1
+        if self.budget is not None:
+            if self.local_iters == 0:
+                self.budget.loop_started(self.t_mark)
+            self.budget.iter_done(t1 - self.t_mark)  # the iteration alone, without an evaluation before it
+        if run.device_type != 'cuda' or iter_num % c.log_interval == 0:
+            lossf = loss.item() * run.grad_accum  # the last micro-step's loss
+            if not math.isfinite(lossf):
+                raise UserError(f"loss is {lossf} at iter {iter_num}: training diverged; checkpoints "
+                                f"were left untouched (try a lower --learning_rate or --dtype=float32)")
+            self.losses[iter_num] = lossf
+            if iter_num % c.log_interval == 0 and run.master:
+                self.metrics.iteration(iter_num, self.local_iters, lossf, lr, dt)  # 'iter N: loss ...'
+        self.local_iters += 1
+
+    def summary(self, iter_num, best_val_loss):
+        """The run's summary dict (train.main returns it); prints the closing lines of a run that
+        ended by itself."""
+        interrupted = self.signals.received
+        if self.run.master and not self.c.eval_only and interrupted is None:
+            self.metrics.summary(self.start_iter or 0, iter_num, best_val_loss)
+        return {'iter_num': iter_num, 'best_val_loss': best_val_loss, 'losses': self.losses,
+                'evals': self.evals, 'interrupted': interrupted, 'config': self.config}

@@ -1,0 +1,203 @@
+"""
+The sampling engine: the tokens of model.GPT.generate (the plain algorithm, which re-runs the
+whole context for every token), drawn with less work. sample.py and bench.py call it.
+
+    from nanogpt.engine import Engine
+    out = Engine(model).generate(idx, max_new_tokens=500, temperature=0.8, top_k=200)
+
+While the sequence fits in block_size, the prompt runs once (the prefill) and then each step runs
+the newest token alone, attending to the keys and values the earlier steps stored in a key/value
+cache (Pope et al. 2022, "Efficiently Scaling Transformer Inference"). The cache is static, as in
+gpt-fast: fixed-shape (B, nh, block_size, hs) buffers written at the token's position, a mask that
+hides the rows not written yet, and the position held in a tensor on the device. So every step has
+the same shapes, which lets a GPU capture the step once in a CUDA graph and replay it.
+
+Past block_size the model must see the last block_size tokens at positions 0..block_size-1: each
+step shifts every token's position, every cached key goes stale, and no exact shortcut exists. So
+each step there is a window step, the plain algorithm's forward on the last block_size tokens
+(fixed shape too).
+
+The logits agree with the plain algorithm's to float rounding (1e-5 relative in float32), and so
+do the tokens drawn from them; tests/test_sampling.py checks both.
+"""
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+
+class KVCache:
+    """The keys and values of one attention layer for the positions seen so far: (B, nh,
+    block_size, hs) buffers, made at the first write in the dtype the layer computes in (bfloat16
+    under autocast). `mask` (block_size, block_size) is shared by all layers: row i says which
+    cache rows position i may see (0..i)."""
+
+    def __init__(self, mask):
+        self.mask = mask
+        self.k = self.v = None
+
+    def update(self, input_pos, k, v):
+        """Store k, v (B, nh, T, hs) at positions input_pos (T,); return the whole cache and the
+        (T, block_size) mask rows of those positions."""
+        if self.k is None:
+            B, nh, _, hs = k.shape
+            self.k = k.new_zeros(B, nh, self.mask.size(0), hs)
+            self.v = v.new_zeros(B, nh, self.mask.size(0), hs)
+        self.k.index_copy_(2, input_pos, k)
+        self.v.index_copy_(2, input_pos, v)
+        return self.k, self.v, self.mask[input_pos]
+
+
+def set_caches(model, on):
+    """Give every attention layer an empty KVCache (on=True), or take them away (on=False): the
+    model then runs its plain forward again."""
+    mask = None
+    if on:
+        n = model.config.block_size
+        mask = torch.ones(n, n, dtype=torch.bool, device=model.lm_head.weight.device).tril()
+    for block in model.transformer.h:
+        block.attn.kv_cache = KVCache(mask) if on else None
+
+
+def decode_step(model, idx, input_pos):
+    """Logits (B, vocab) of the last of the tokens idx (B, T) placed at positions input_pos (T,)."""
+    logits, _ = model(idx, input_pos=input_pos)
+    return logits[:, -1, :]
+
+
+def window_step(model, idx):
+    """Logits (B, vocab) of the last token of idx (B, <= block_size): the plain algorithm's step."""
+    logits, _ = model(idx)
+    return logits[:, -1, :]
+
+
+def decoding_attention(device):
+    """Where generation may run scaled_dot_product_attention. On CUDA, cuDNN's attention (which
+    torch prefers on some GPUs, the H100 and H200 among them) plans every new sequence length,
+    and the prefill and the first window bring new ones; flash, memory-efficient and math
+    attention need no plans. Elsewhere: no restriction."""
+    if torch.device(device).type != 'cuda':
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+class NonFiniteLogitsError(ValueError):
+    """The logits held inf or nan: broken weights, or an overflow in reduced precision."""
+
+
+FINITE_CHECK_EVERY = 64  # generate() looks at its device-side finiteness flag at least this often
+
+
+def check_logits_finite(finite):
+    """generate()'s look at its device-side flag (a bool tensor): the one place where it syncs."""
+    if not bool(finite):
+        raise NonFiniteLogitsError("the model produced non-finite logits (inf or nan)")
+
+
+class Engine:
+    """Generation for one model. compile=True compiles the decode and window steps (fixed shapes:
+    on CUDA they are captured in CUDA graphs, mode 'reduce-overhead')."""
+
+    def __init__(self, model, compile=False):
+        self.model = model
+        self.decode, self.window = decode_step, window_step
+        if compile:
+            cuda = model.lm_head.weight.device.type == 'cuda'
+            opts = dict(mode='reduce-overhead' if cuda else None, dynamic=False)
+            self.decode = torch.compile(decode_step, **opts)
+            self.window = torch.compile(window_step, **opts)
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True,
+                 on_token=None):
+        """Extend idx (B, T) by up to max_new_tokens tokens. use_cache=False runs a window step for
+        every token (the plain algorithm). temperature=0 takes the argmax. on_token(idx_next (B, 1))
+        is called after each token; returning True stops early. Raises NonFiniteLogitsError on
+        inf/nan logits: before on_token sees a token drawn from them, else within
+        FINITE_CHECK_EVERY tokens."""
+        model, block_size = self.model, self.model.config.block_size
+        B, n = idx.size()
+        seq = idx.new_empty(B, n + max_new_tokens)  # the whole sequence, written in place: no torch.cat
+        seq[:, :n] = idx
+        cached = use_cache and n <= block_size
+        pos = None  # the decode step's position (1,) on the device, once the prefill has run
+        finite, unchecked = None, 0  # all logits finite so far (a bool tensor); tokens since the last look
+        try:
+            with decoding_attention(idx.device):
+                set_caches(model, cached)
+                for _ in range(max_new_tokens):
+                    if cached and n > block_size:  # the window starts to slide: the cache is stale
+                        set_caches(model, False)
+                        cached = False
+                    if not cached:
+                        logits = self.window(model, seq[:, max(0, n - block_size):n])
+                    elif pos is None:
+                        logits = decode_step(model, seq[:, :n], torch.arange(n, device=idx.device))  # prefill
+                        pos = torch.full((1,), n, dtype=torch.long, device=idx.device)
+                    else:
+                        logits = self.decode(model, seq[:, n - 1:n], pos)
+                        pos += 1  # on the device: no host sync
+                    # the finiteness flag stays on the device (a Python `if` per token would sync);
+                    # sample_next draws from finite probabilities whatever the logits
+                    ok = torch.isfinite(logits).all()
+                    finite = ok if finite is None else finite & ok
+                    idx_next = sample_next(logits, temperature, top_k, top_p)
+                    seq[:, n:n + 1] = idx_next
+                    n += 1
+                    unchecked += 1
+                    # on_token reads the tokens (a sync anyway) and must not see ones drawn from bad logits
+                    if on_token is not None or unchecked == FINITE_CHECK_EVERY:
+                        check_logits_finite(finite)
+                        unchecked = 0
+                    if on_token is not None and on_token(idx_next):
+                        break
+                if unchecked:
+                    check_logits_finite(finite)
+        finally:
+            set_caches(model, False)
+        return seq[:, :n]
+
+
+def generate(model, idx, max_new_tokens, **kw):
+    """Engine(model).generate(idx, max_new_tokens, **kw)."""
+    return Engine(model).generate(idx, max_new_tokens, **kw)
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
+    """One token per row of logits (B, vocab) -> (B, 1): one torch.multinomial draw (none for
+    temperature=0, which takes the argmax)."""
+    if temperature == 0:
+        return torch.argmax(logits, dim=-1, keepdim=True)
+    return torch.multinomial(next_token_probs(logits, temperature, top_k, top_p), num_samples=1)
+
+
+def next_token_probs(logits, temperature=1.0, top_k=None, top_p=None):
+    """The probabilities (B, vocab) that sample_next draws from (temperature > 0): the plain
+    algorithm's logits / temperature, top_k and softmax, then top_p. Finite for any temperature
+    and any logits.
+
+    A small temperature can carry logits / temperature past float32's range (1e-30 does for
+    logits of 1e9): inf, then nan after the softmax, and on CUDA multinomial's check of its input
+    is a device-side assert that poisons the context. The softmax is finite exactly where a row's
+    maximum is. Rows where the plain division's maximum is not (and rows with non-finite logits,
+    which generate() reports) use (logits - row max) / temperature instead: the same
+    distribution, and it cannot overflow; a row without a finite maximum becomes 0, not nan.
+    Every other row keeps the plain division bit for bit, and so draws the plain algorithm's
+    tokens. All of it is chosen on the device, without a host sync."""
+    logits = logits.float()
+    top = logits.amax(dim=-1, keepdim=True)  # top / temperature is the divided row's maximum (rounding is monotonic)
+    shifted = torch.nan_to_num((logits - top) / temperature, nan=0.0, neginf=-float('Inf'))
+    logits = torch.where(torch.isfinite(top / temperature), logits / temperature, shifted)
+    if top_k is not None and top_k < logits.size(-1):  # top_k >= vocab keeps everything: skip the work
+        v, _ = torch.topk(logits, top_k)
+        logits = logits.masked_fill(logits < v[:, [-1]], -float('Inf'))  # ties with the k-th stay
+    if top_p is not None and top_p < 1.0:
+        # nucleus sampling (Holtzman et al. 2019): the smallest set of most likely tokens whose
+        # mass reaches top_p; the most likely token always stays
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True)
+        sorted_probs = F.softmax(sorted_logits, dim=-1)
+        drop = torch.cumsum(sorted_probs, dim=-1) - sorted_probs >= top_p  # the mass before it suffices
+        logits = logits.scatter(1, sorted_idx, sorted_logits.masked_fill(drop, -float('Inf')))
+    return F.softmax(logits, dim=-1)

@@ -1,0 +1,114 @@
+"""
+train.py's settings: range checks with one-line errors (check), and the record of what this run
+resolved them to (Run: the process's place under torchrun, the device, the optimizer, the
+micro-steps per process; autotune.py adds the dtype and compile choice). The user's settings stay
+as they were given: everything chosen per run and machine lives in the Run.
+"""
+
+import math
+import os
+import sys
+from dataclasses import dataclass, replace
+
+from . import devices, distributed
+from .errors import UserError
+from .optim import resolve_optimizer
+
+
+@dataclass(frozen=True)
+class Run:
+    """What this run resolved its settings to."""
+    device: str  # cpu, cuda:N, mps
+    device_type: str  # cpu, cuda, mps
+    optimizer: str  # adamw or muon
+    grad_accum: int  # micro-steps per optimizer step on this process (the whole job's, divided by world_size)
+    tokens_per_iter: int  # tokens per optimizer step, all processes together
+    ddp: bool = False  # under torchrun (DDP, or FSDP with fsdp=True)
+    rank: int = 0
+    world_size: int = 1
+    master: bool = True  # rank 0: it alone prints and writes files
+    fsdp: bool = False  # parameters sharded across the processes
+    dtype: str = 'auto'  # float32, bfloat16 or float16, once autotune.py has chosen
+    compile: bool = False
+    written_out_attention: bool = False  # CPU training through model.py's written-out attention
+
+    def but(self, **changes):
+        return replace(self, **changes)
+
+
+def check(c, defaults):
+    """Range checks of train.py's settings `c`, with messages that say how to fix the value."""
+    for k in ('batch_size', 'block_size', 'eval_iters', 'eval_interval', 'log_interval',
+              'gradient_accumulation_steps', 'n_layer', 'n_head', 'n_embd'):
+        if getattr(c, k) < 1:
+            raise UserError(f"{k} must be at least 1, got {getattr(c, k)} (e.g. --{k}={defaults[k]})")
+    for k in ('max_iters', 'warmup_iters', 'lr_decay_iters'):
+        if getattr(c, k) < 0:
+            raise UserError(f"{k} must be 0 or more, got {getattr(c, k)} (e.g. --{k}={defaults[k]})")
+    if c.n_embd % c.n_head:
+        raise UserError(f"n_embd ({c.n_embd}) must be divisible by n_head ({c.n_head}): each head gets "
+                        f"n_embd/n_head channels; e.g. --n_embd={-(-c.n_embd // c.n_head) * c.n_head}")
+    if not 0.0 <= c.dropout < 1.0:
+        raise UserError(f"dropout must be in [0, 1), got {c.dropout}")
+    if not (0 < c.learning_rate < math.inf and 0 <= c.min_lr < math.inf):
+        raise UserError(f"learning_rate must be > 0 and min_lr >= 0, got {c.learning_rate} and {c.min_lr}")
+    if c.decay_lr and c.lr_decay_iters <= c.warmup_iters:
+        # the cosine runs from warmup_iters to lr_decay_iters: an empty span has no schedule
+        raise UserError(f"lr_decay_iters ({c.lr_decay_iters}) must be greater than warmup_iters "
+                        f"({c.warmup_iters}): e.g. --lr_decay_iters={max(c.max_iters, c.warmup_iters + 1)}, "
+                        f"or --decay_lr=False for a constant learning rate")
+    if c.grad_clip < 0 or c.weight_decay < 0 or not (0 <= c.beta1 < 1 and 0 <= c.beta2 < 1):
+        raise UserError(f"need grad_clip >= 0 (0 = off), weight_decay >= 0 and beta1, beta2 in [0, 1); got "
+                        f"{c.grad_clip}, {c.weight_decay}, {c.beta1}, {c.beta2}")
+    if c.optimizer not in ('adamw', 'muon', 'auto'):
+        raise UserError(f"unknown optimizer {c.optimizer!r}: use adamw, muon or auto (e.g. --optimizer=muon)")
+    if c.optimizer in ('muon', 'auto') and not (0 < c.muon_lr < math.inf and 0 <= c.muon_momentum < 1):
+        raise UserError(f"optimizer=muon needs muon_lr > 0 and muon_momentum in [0, 1), got {c.muon_lr} "
+                        f"and {c.muon_momentum} (e.g. --muon_lr=0.02 --muon_momentum=0.95)")
+    if c.optimizer == 'muon' and c.fsdp and int(os.environ.get('RANK', -1)) != -1:
+        # torch.optim.Muon orthogonalises each update as one matrix; FSDP holds only a shard of it
+        raise UserError("optimizer=muon cannot run with fsdp=True (Muon needs each weight matrix whole, "
+                        "FSDP shards it): use --fsdp=False (DDP) or --optimizer=adamw")
+    if not 0 <= c.time_budget < math.inf:
+        raise UserError(f"time_budget must be 0 (off) or a number of seconds, got {c.time_budget} "
+                        f"(e.g. --time_budget=300)")
+    if not (c.init_from in ('scratch', 'resume') or c.init_from.startswith('gpt2') or os.path.isdir(c.init_from)):
+        raise UserError(f"unknown init_from {c.init_from!r}: use scratch, resume, gpt2, gpt2-medium, "
+                        f"gpt2-large, gpt2-xl or a Hugging Face GPT-2 directory")
+
+
+def resolve(c):
+    """Join torchrun's process group (under torchrun), then choose the device, the optimizer and
+    each process's share of the micro-steps. Returns the Run (dtype and compile still 'auto')."""
+    procs = distributed.init_distributed(c.device, c.backend, c.fsdp)
+    if not procs.master:
+        sys.stdout = open(os.devnull, 'w')  # rank 0 alone prints
+    device = devices.resolve_device(procs.device or c.device)
+    device_type = devices.device_type_of(device)
+    sharded = c.fsdp and procs.ddp
+    optimizer = resolve_optimizer(c.optimizer, device_type, device, sharded)
+    # gradient_accumulation_steps counts the micro-steps of the whole job (so a checkpoint resumed
+    # on another number of processes keeps the tokens per iteration); each process runs its share
+    if c.gradient_accumulation_steps % procs.world_size:
+        near = procs.world_size * max(1, round(c.gradient_accumulation_steps / procs.world_size))
+        raise UserError(f"gradient_accumulation_steps ({c.gradient_accumulation_steps}) must be divisible by "
+                        f"the number of processes ({procs.world_size}), e.g. --gradient_accumulation_steps={near}")
+    grad_accum = c.gradient_accumulation_steps // procs.world_size
+    tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
+    print(f"tokens per iteration will be: {tokens_per_iter:,}"
+          + (f" ({procs.world_size} processes x {grad_accum} micro-steps x {c.batch_size} batch"
+             f" x {c.block_size} tokens)" if procs.ddp else ""))
+    return Run(device=device, device_type=device_type, optimizer=optimizer, grad_accum=grad_accum,
+               tokens_per_iter=tokens_per_iter, ddp=procs.ddp, rank=procs.rank, world_size=procs.world_size,
+               master=procs.master, fsdp=sharded)
+
+
+def check_out_dir(out_dir):
+    """Make out_dir, and find out now, not at the first checkpoint, that it cannot be written."""
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f'.write_test{os.getpid()}')
+        open(probe, 'w').close()
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"cannot write to out_dir {out_dir!r}: {e.strerror}; choose another --out_dir")
