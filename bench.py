@@ -209,7 +209,7 @@ def bench_sample(c, dev, shape, max_new_tokens):
     torch.manual_seed(c.seed)
     cfg = GPTConfig(dropout=0.0, **shape)
     model = GPT(cfg).to(dev).eval()
-    dtype = devices.resolve_dtype(c.dtype, device_type, device=dev)  # what sample.py would pick
+    dtype = devices.resolve_dtype(c.dtype, device_type, device=dev, cpu_bf16=True)  # what sample.py would pick
     ctx = devices.autocast_ctx(device_type, dtype)
     x = torch.randint(cfg.vocab_size, (1, c.prompt_len), generator=torch.Generator().manual_seed(c.seed)).to(dev)
     seconds = {False: 0.0, True: 0.0}

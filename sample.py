@@ -42,7 +42,7 @@ batched = False  # draw all num_samples at once: faster, but not the same draws 
 kv_cache = True  # False: the uncached reference algorithm (identical output, slower)
 seed = 1337
 device = 'auto'  # 'cpu', 'cuda', 'cuda:0', 'mps'
-dtype = 'auto'  # 'float32', 'bfloat16', 'float16'
+dtype = 'auto'  # 'float32', 'bfloat16', 'float16'; auto: bfloat16 on GPUs and on CPUs with bf16 units
 compile = False  # torch.compile the model (pays only for long generations on GPU)
 # -----------------------------------------------------------------------------------------------
 DEFAULTS = settings_of(globals())
@@ -197,7 +197,7 @@ def main(argv=None):
     model, tok = load_model(c)
     model.eval()
     model.to(dev)
-    dt = devices.resolve_dtype(c.dtype, device_type, device=dev)
+    dt = devices.resolve_dtype(c.dtype, device_type, device=dev, cpu_bf16=True)
     engine = Engine(model, compile=devices.resolve_compile(c.compile, device_type))
     ids = read_prompt(c, tok)
     ctx = devices.autocast_ctx(device_type, dt)

@@ -94,10 +94,11 @@ peak_flops = 0.0  # FLOP/s that MFU compares against; 0 = GPU table or a measure
 DEFAULTS = settings_of(globals())
 
 
-def get_batch(data, c, run):
+def get_batch(data, c, run, batches=1):
     """A batch of batch_size random windows of `data` (a split's uint16 memmap): inputs x (B, T)
-    and targets y (B, T), the same windows shifted by one token, on run.device."""
-    ix = torch.randint(len(data) - c.block_size, (c.batch_size,))
+    and targets y (B, T), the same windows shifted by one token, on run.device. batches=k draws k
+    such batches, one after the other, as one (k * B, T) batch."""
+    ix = torch.cat([torch.randint(len(data) - c.block_size, (c.batch_size,)) for _ in range(batches)])
     rows = torch.from_numpy(data[ix.numpy()[:, None] + np.arange(c.block_size + 1)].astype(np.int64))  # (B, T+1)
     # contiguous copies: pin_memory keeps strides, and a strided pinned tensor is copied through
     # a pageable temporary, which loses the asynchronous transfer
@@ -122,14 +123,15 @@ def get_lr(it, c):
 
 @torch.no_grad()
 def estimate_loss(model, data, ctx, c, run, ctl):
-    """The mean loss over eval_iters batches of each split. Under torchrun every process evaluates
-    its own batches and the means are averaged, so all processes take the same save decisions."""
+    """The mean loss over eval_iters batches of each split. On a GPU several batches go through one
+    forward (run.eval_batches of them: fewer, larger launches). Under torchrun every process
+    evaluates its own batches and the means are averaged, so all take the same save decisions."""
     out = {}
     model.eval()
     for split in ('train', 'val'):
-        losses = torch.zeros(c.eval_iters, device=run.device)
-        for k in range(c.eval_iters):
-            X, Y = get_batch(data[split], c, run)
+        losses = torch.zeros(c.eval_iters // run.eval_batches, device=run.device)
+        for k in range(len(losses)):
+            X, Y = get_batch(data[split], c, run, run.eval_batches)
             with ctx:
                 logits, loss = model(X, Y)
             losses[k] = loss  # kept on the device: one host sync per evaluation, not one per batch

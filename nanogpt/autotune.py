@@ -248,7 +248,8 @@ def choose_for_training(model, c, run, ckpt, budget):
     if dtype != 'auto' or not measure:
         dtype = devices.resolve_dtype(dtype, run.device_type, device=run.device)  # checks a fixed choice
     if not measure:
-        return run.but(dtype=dtype, compile=devices.resolve_compile(compile_, run.device_type)), None
+        return run.but(dtype=dtype, compile=devices.resolve_compile(compile_, run.device_type),
+                       eval_batches=devices.eval_batches(c, model.config.vocab_size, run.device_type)), None
     if compile_ not in ('auto', True, False):
         raise UserError(f"compile must be True, False or auto, got {compile_!r}")
     why_not = devices.compile_unavailable('cpu')

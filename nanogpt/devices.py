@@ -57,12 +57,32 @@ def device_type_of(device):
 
 # ---- dtype, compile ----------------------------------------------------------------------------
 
+# oneDNN's instruction-set levels (ONEDNN_MAX_CPU_ISA) that include bfloat16 dot products
+_ONEDNN_BF16_ISAS = ('AVX512_CORE_BF16', 'AVX512_CORE_FP16', 'AVX512_CORE_AMX', 'AVX512_CORE_AMX_FP16',
+                     'AVX10_1_512', 'AVX10_1_512_AMX', 'AVX10_1_512_AMX_FP16', 'AVX10_2_512',
+                     'AVX10_2_512_AMX_2', 'ALL')
+
+
 def cpu_has_bf16_units():
-    """True where the CPU multiplies bfloat16 natively (Intel AMX or AVX512-BF16); elsewhere bf16
-    matmuls are emulated and slower than float32."""
+    """True where this process multiplies bfloat16 natively: the CPU has Intel AMX or AVX512-BF16,
+    and PyTorch is not held below them. ATEN_CPU_CAPABILITY (torch's own kernels) and
+    ONEDNN_MAX_CPU_ISA (its matmuls) can hold it to AVX2, and then bf16 is emulated, slower than
+    float32, just as on a CPU without the units: so those settings test the AVX2-only case on any
+    x86 machine."""
     q = torch.cpu
-    return bool(getattr(q, '_is_amx_tile_supported', lambda: False)()
-                or getattr(q, '_is_avx512_bf16_supported', lambda: False)())
+    hardware = bool(getattr(q, '_is_amx_tile_supported', lambda: False)()
+                    or getattr(q, '_is_avx512_bf16_supported', lambda: False)())
+    isa = os.environ.get('ONEDNN_MAX_CPU_ISA', '').strip().upper()
+    held = (isa and isa not in _ONEDNN_BF16_ISAS) or not _aten_has_avx512()
+    return hardware and not held
+
+
+def _aten_has_avx512():
+    """Whether torch's own CPU kernels run at AVX512 or above (ATEN_CPU_CAPABILITY may hold them lower)."""
+    try:
+        return torch.backends.cpu.get_cpu_capability().upper().startswith(('AVX512', 'AMX'))
+    except (AttributeError, RuntimeError):
+        return True  # an older torch: nothing to hold it
 
 
 def mps_autocast_supported():
@@ -86,10 +106,11 @@ def cuda_bf16_native(device=None):
     return tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
 
 
-def resolve_dtype(dtype, device_type, device=None):
+def resolve_dtype(dtype, device_type, device=None, cpu_bf16=False):
     """'auto' -> mixed precision where the device has it natively (`device`: which GPU, e.g.
-    cuda:1; None means the current one); float32 on a CPU, where train.py and bench.py measure
-    instead (autotune.py) and sampling stays exact. Prints the choice and the reason."""
+    cuda:1; None means the current one). On a CPU float32, where train.py and bench.py measure
+    instead (autotune.py); cpu_bf16=True (sampling) takes bfloat16 where the CPU has bf16 units,
+    as measured faster there (docs/sampling.md). Prints the choice and the reason."""
     if dtype != 'auto':
         if dtype not in PTDTYPES:
             raise UserError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
@@ -112,8 +133,10 @@ def resolve_dtype(dtype, device_type, device=None):
     elif device_type == 'mps':
         chosen, why = ('bfloat16', 'MPS autocast with bf16 available') if mps_autocast_supported() \
             else ('float32', 'this torch/macOS has no bf16 autocast on MPS')
+    elif cpu_bf16 and cpu_has_bf16_units():
+        chosen, why = 'bfloat16', 'this CPU has bf16 units; --dtype=float32 gives the original\'s numbers'
     else:
-        chosen, why = 'float32', 'CPU: exact arithmetic, the original\'s numbers'
+        chosen, why = 'float32', 'CPU' + (' without bf16 units' if cpu_bf16 else '') + ': exact arithmetic, the original\'s numbers'
     print(f"using dtype: {chosen} (auto: {why})")
     return chosen
 
@@ -211,6 +234,18 @@ def autocast_ctx(device_type, dtype):
     if dtype == 'float32':
         return nullcontext()
     return torch.autocast(device_type=device_type, dtype=PTDTYPES[dtype])
+
+
+def eval_batches(c, vocab_size, device_type, max_tokens=2 ** 18, max_logits=2 ** 28):
+    """How many of an evaluation's eval_iters batches go through one forward: on a GPU as many as
+    keep a forward within max_tokens tokens and max_logits logits (a divisor of eval_iters, so
+    every forward has the same shape and each batch weighs the same in the mean); 1 on a CPU,
+    where larger batches gain nothing and one batch at a time keeps the original's numbers."""
+    if device_type == 'cpu':
+        return 1
+    tokens = c.batch_size * c.block_size
+    fits = max(1, min(max_tokens // tokens, max_logits // (tokens * vocab_size)))
+    return max(k for k in range(1, min(fits, c.eval_iters) + 1) if c.eval_iters % k == 0)
 
 
 # ---- peak FLOP/s for MFU -----------------------------------------------------------------------

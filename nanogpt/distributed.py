@@ -139,7 +139,9 @@ def shard(model, run):
 
 def compile_and_wrap(model, compiled, run):
     """(the model to train: compiled when run.compile, in DDP under torchrun without FSDP; the
-    model to evaluate, never in DDP). `compiled`: the model autotune.py compiled already, or None."""
+    model to evaluate: the eager one, whose eval mode needs no second compile, never in DDP).
+    `compiled`: the model autotune.py compiled already, or None."""
+    raw = model
     if run.compile:
         if compiled is None:
             print("compiling the model... (the first iterations are slow)")
@@ -148,8 +150,8 @@ def compile_and_wrap(model, compiled, run):
         from torch.nn.parallel import DistributedDataParallel as DDP
         device_ids = [int(os.environ['LOCAL_RANK'])] if run.device_type == 'cuda' else None
         # evaluation goes around the wrapper, whose forward may talk to the other processes
-        return DDP(model, device_ids=device_ids), model
-    return model, model
+        return DDP(model, device_ids=device_ids), raw
+    return model, raw
 
 
 def mean_over_processes(losses, run):

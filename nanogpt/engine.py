@@ -24,18 +24,23 @@ do the tokens drawn from them; tests/test_sampling.py checks both.
 import contextlib
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
-class KVCache:
+class KVCache(nn.Module):
     """The keys and values of one attention layer for the positions seen so far: (B, nh,
-    block_size, hs) buffers, made at the first write in the dtype the layer computes in (bfloat16
-    under autocast). `mask` (block_size, block_size) is shared by all layers: row i says which
-    cache rows position i may see (0..i)."""
+    block_size, hs) buffers, made at the first write (the prefill, never inside a captured graph)
+    in the dtype the layer computes in (bfloat16 under autocast). `mask` (block_size, block_size)
+    is shared by all layers: row i says which cache rows position i may see (0..i). A module with
+    non-persistent buffers: compiled code treats them as fixed-address state that a CUDA graph may
+    write, and they never enter a state_dict."""
 
     def __init__(self, mask):
-        self.mask = mask
-        self.k = self.v = None
+        super().__init__()
+        self.register_buffer('mask', mask, persistent=False)
+        self.register_buffer('k', None, persistent=False)
+        self.register_buffer('v', None, persistent=False)
 
     def update(self, input_pos, k, v):
         """Store k, v (B, nh, T, hs) at positions input_pos (T,); return the whole cache and the

@@ -31,6 +31,7 @@ class Run:
     dtype: str = 'auto'  # float32, bfloat16 or float16, once autotune.py has chosen
     compile: bool = False
     written_out_attention: bool = False  # CPU training through model.py's written-out attention
+    eval_batches: int = 1  # batches per forward in an evaluation (estimate_loss)
 
     def but(self, **changes):
         return replace(self, **changes)

@@ -1,5 +1,6 @@
 """The core: configurator rules, the model's basic contract, and the three user commands end to end."""
 
+import contextlib
 import math
 import os
 
@@ -123,3 +124,38 @@ def test_training_learns_and_is_deterministic(char_dataset, tmp_path):
     s2 = train.main(tiny_args(str(tmp_path / 'b'), char_dataset, max_iters=30, eval_interval=30, lr_decay_iters=30))
     assert s1['losses'] == s2['losses']
     assert s1['evals'][30][1] < s1['evals'][0][1] - 0.3
+
+
+def test_evaluation_draws_the_same_batches_however_many_go_through_one_forward(char_dataset):
+    """On a GPU several of an evaluation's batches share a forward (devices.eval_batches): the same
+    windows, the same random draws, and a mean equal to the one-batch-at-a-time mean."""
+    from types import SimpleNamespace
+    import train
+    from nanogpt.data import open_split
+    c = SimpleNamespace(block_size=16, batch_size=3, eval_iters=6)
+    data = {s: open_split(char_dataset, s, char_dataset, 16, 30) for s in ('train', 'val')}
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=30))
+    ctl = SimpleNamespace(eval_progress=lambda split, k: None)
+    results, states = [], []
+    for k in (1, 2, 3, 6):
+        run = SimpleNamespace(device='cpu', device_type='cpu', eval_batches=k, ddp=False)
+        torch.manual_seed(1)
+        results.append(train.estimate_loss(model, data, contextlib.nullcontext(), c, run, ctl))
+        states.append(torch.get_rng_state())
+    for r, s in zip(results[1:], states[1:]):
+        assert torch.equal(s, states[0])
+        assert r == pytest.approx(results[0], rel=1e-6)
+    assert model.training
+
+
+@pytest.mark.parametrize('device_type, batch, block, vocab, iters, expected', [
+    ('cpu', 64, 256, 65, 200, 1),  # a CPU keeps one batch per forward
+    ('cuda', 64, 256, 65, 200, 10),  # 16,384 tokens a batch: 10 divide 200 within 2**18 tokens
+    ('cuda', 12, 1024, 50304, 200, 1),  # GPT-2's logits: one batch is already large
+    ('cuda', 4, 64, 65, 7, 7)])  # a prime eval_iters: all of them at once, when they fit
+def test_batches_per_evaluation_forward(device_type, batch, block, vocab, iters, expected):
+    from types import SimpleNamespace
+    from nanogpt.devices import eval_batches
+    c = SimpleNamespace(batch_size=batch, block_size=block, eval_iters=iters)
+    assert eval_batches(c, vocab, device_type) == expected

@@ -3,6 +3,7 @@ current device, accelerator) are monkeypatched, or the property itself is assert
 explicit device arguments, finite probabilities, host syncs). torch's math is never replaced."""
 
 import math
+import os
 import sys
 from types import SimpleNamespace
 
@@ -384,3 +385,28 @@ def test_process_group_timeout_fits_checkpoint_writes(monkeypatch):
     assert seen['backend'] == 'gloo'
     assert seen['timeout'].total_seconds() == distributed.PROCESS_GROUP_TIMEOUT_MINUTES * 60 >= 3600
     assert seen['binders_imported']  # imported first, they bind no live process group
+
+
+# ---- 10. bf16 units as this process may use them ------------------------------------------------------
+
+def test_pytorch_held_to_avx2_counts_as_a_cpu_without_bf16_units(monkeypatch, capsys):
+    """ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY hold PyTorch below its bf16 instructions: the project
+    then behaves as on an AVX2-only CPU (float32 candidates only, float32 sampling, AdamW)."""
+    import subprocess
+    from conftest import PROJECT
+    code = ("import sys; sys.path.insert(0, '.'); from nanogpt import devices; "
+            "print(devices.cpu_has_bf16_units(), devices.resolve_dtype('auto', 'cpu', cpu_bf16=True))")
+    held = dict(os.environ, ATEN_CPU_CAPABILITY='avx2', ONEDNN_MAX_CPU_ISA='AVX2')
+    r = subprocess.run([sys.executable, '-c', code], cwd=PROJECT, env=held, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-2:] == ['False', 'float32']
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: True)
+    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'avx2')
+    assert not devices.cpu_has_bf16_units()
+    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'AVX512_CORE_AMX')
+    monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda: 'AVX512')
+    assert devices.cpu_has_bf16_units()
+    assert devices.resolve_dtype('auto', 'cpu', cpu_bf16=True) == 'bfloat16'
+    assert devices.resolve_dtype('auto', 'cpu') == 'float32'  # training measures instead (autotune)
+    monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda: 'AVX2')
+    assert not devices.cpu_has_bf16_units()

@@ -1,0 +1,200 @@
+"""
+The GPU device check (not collected by pytest): the used-by commands on one GPU, ours against the
+original's way of running them on the same machine, side by side in one run, with ratios.
+
+    python tests/gpu_check.py --input=path/to/tinyshakespeare/input.txt          # one H200: ~7 min
+    python tests/gpu_check.py --input=... --device=cpu --max_iters=20 --seeds=1   # a smoke test anywhere
+
+1. Training, `python train.py config/train_shakespeare_char.py` end to end (wall time of the
+   command) and per iteration (the median of its iter lines), for each seed; then the same run the
+   way the original runs it: its step (bfloat16 autocast, torch.compile in default mode, fused
+   AdamW) and its evaluation (one batch and one host sync at a time), written out below as
+   original_train() over this project's model.py (the same GPT). Validation loss: a fresh
+   200-batch evaluation of each run's best checkpoint.
+2. Sampling, `python sample.py --out_dir=... --start="ROMEO:" --num_samples=5` end to end against
+   the original's generate (model.generate: the whole context re-run for each token) on the same
+   checkpoint, and tokens/s of the decode alone at batch 1 and 5.
+
+Prints one table; writes it to --out as JSON too.
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def sh(args, **kw):
+    """Run a command from the project root; (wall seconds, stdout). Fails loudly."""
+    t0 = time.time()
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, **kw)
+    wall = time.time() - t0
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(args)} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return wall, r.stdout
+
+
+def iter_ms(stdout):
+    """Median iteration time of a train.py log, the first iterations (compiling) left out."""
+    times = [float(m) for m in re.findall(r'^iter \d+: loss [\d.]+, time ([\d.]+)ms', stdout, re.M)]
+    return statistics.median(times[3:] or times)
+
+
+def original_train(out_dir, seed, device, max_iters, eval_interval=250, eval_iters=200):
+    """The original nanoGPT's shakespeare_char run, its loop as it does it: bfloat16 autocast (or
+    float32 on a CPU), torch.compile in default mode, fused AdamW, and an evaluation that reads
+    each batch's loss with .item(). Returns (seconds, median ms per iteration, best val loss)."""
+    import numpy as np
+    import torch
+    from model import GPT, GPTConfig
+    from train import get_lr
+    from types import SimpleNamespace
+    c = SimpleNamespace(learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=5000)
+    t_start = time.time()
+    torch.manual_seed(seed)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    data_dir = os.path.join(ROOT, 'data', 'shakespeare_char')
+    cuda = device.startswith('cuda')
+    ctx = torch.autocast('cuda', dtype=torch.bfloat16) if cuda else torch.autocast('cpu', enabled=False)
+    B, T = 64, 256
+
+    def get_batch(split):
+        data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
+        ix = torch.randint(len(data) - T, (B,))
+        x = torch.stack([torch.from_numpy(data[i:i + T].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + T].astype(np.int64)) for i in ix])
+        if cuda:
+            return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+        return x.to(device), y.to(device)
+
+    model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=T, vocab_size=65, bias=False,
+                          dropout=0.2)).to(device)
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), 'cuda' if cuda else 'cpu')
+    if cuda:
+        model = torch.compile(model)
+
+    @torch.no_grad()
+    def estimate_loss():
+        out = {}
+        model.eval()
+        for split in ('train', 'val'):
+            losses = torch.zeros(eval_iters)
+            for k in range(eval_iters):
+                X, Y = get_batch(split)
+                with ctx:
+                    _, loss = model(X, Y)
+                losses[k] = loss.item()
+            out[split] = losses.mean().item()
+        model.train()
+        return out
+
+    best, times, X, Y = 1e9, [], *get_batch('train')
+    t0 = time.time()
+    for it in range(max_iters + 1):
+        for g in optimizer.param_groups:
+            g['lr'] = get_lr(it, c)
+        if it % eval_interval == 0:
+            best = min(best, estimate_loss()['val'])
+        with ctx:
+            _, loss = model(X, Y)
+        X, Y = get_batch('train')
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss.item()  # the original reads the loss at every iteration (log_interval 10 prints; .item() each time)
+        t1 = time.time()
+        times.append((t1 - t0) * 1000)
+        t0 = t1
+    best = min(best, estimate_loss()['val'])
+    return time.time() - t_start, statistics.median(times[3:] or times), best
+
+
+def reevaluate(out_dir, device):
+    """The val loss of out_dir/ckpt.pt on 200 fresh batches (train.py --eval_only)."""
+    _, out = sh(['train.py', 'config/train_shakespeare_char.py', '--init_from=resume', f'--out_dir={out_dir}',
+                 '--eval_only=True', '--eval_iters=200', f'--device={device}'])
+    return float(re.findall(r'val loss ([\d.]+)', out)[-1])
+
+
+def decode_rates(out_dir, device):
+    """Tokens/s of the decode alone (500 new tokens) at batch 1 and 5: the engine and the original's
+    generate, on the checkpoint's model, in the dtype sample.py picks."""
+    import torch
+    from nanogpt import devices
+    from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
+    from nanogpt.engine import Engine
+    model = model_from_checkpoint(load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))).to(device).eval()
+    dev_type = devices.device_type_of(device)
+    ctx = devices.autocast_ctx(dev_type, devices.resolve_dtype('auto', dev_type, device))
+    engine = Engine(model, compile=dev_type == 'cuda')
+    rates = {}
+    for batch in (1, 5):
+        x = torch.zeros((batch, 6), dtype=torch.long, device=device)
+        for name, fn in (('engine', engine.generate), ('original', model.generate)):
+            with torch.no_grad(), ctx:
+                fn(x, 300, temperature=0.8, top_k=200).tolist()  # warm-up: compiling, CUDA graphs
+                t0 = time.time()
+                fn(x, 500, temperature=0.8, top_k=200).tolist()
+                rates[(name, batch)] = batch * 500 / (time.time() - t0)
+    return rates
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument('--input', required=True, help="tiny shakespeare's input.txt")
+    p.add_argument('--device', default='cuda')
+    p.add_argument('--max_iters', type=int, default=5000)
+    p.add_argument('--seeds', type=int, default=2)
+    p.add_argument('--out', default='gpu_check.json')
+    a = p.parse_args()
+    sh(['data/shakespeare_char/prepare.py', f'--input={a.input}'])
+    import torch
+    rows = {'torch': torch.__version__, 'device': torch.cuda.get_device_name() if a.device.startswith('cuda') else a.device}
+    short = [] if a.max_iters == 5000 else [f'--max_iters={a.max_iters}', f'--lr_decay_iters={a.max_iters}',
+                                             f'--eval_interval={max(1, a.max_iters // 4)}', '--eval_iters=20']
+    for s in range(a.seeds):
+        seed = 1337 + s
+        out_dir = f'/tmp/gpu-check-ours-{seed}'
+        wall, log = sh(['train.py', 'config/train_shakespeare_char.py', f'--out_dir={out_dir}', f'--seed={seed}',
+                        f'--device={a.device}', *short])
+        rows[f'ours seed {seed}'] = dict(wall_s=wall, iter_ms=iter_ms(log), val=reevaluate(out_dir, a.device))
+        t, ms, best = original_train(out_dir, seed, a.device, a.max_iters, *(
+            (max(1, a.max_iters // 4), 20) if short else ()))
+        rows[f'original seed {seed}'] = dict(wall_s=t, iter_ms=ms, val=best)
+        print(json.dumps(rows, indent=1), flush=True)
+    out_dir = '/tmp/gpu-check-ours-1337'
+    sample = ['sample.py', f'--out_dir={out_dir}', '--start=ROMEO:', '--num_samples=5', f'--device={a.device}']
+    rows['sample.py wall s (engine)'] = sh(sample)[0]
+    rows['sample.py wall s (kv_cache=False)'] = sh(sample + ['--kv_cache=False'])[0]
+    rates = decode_rates(out_dir, a.device)
+    rows['tokens/s'] = {f'{n} batch {b}': r for (n, b), r in rates.items()}
+    seeds = [1337 + s for s in range(a.seeds)]
+    ours = [rows[f'ours seed {s}'] for s in seeds]
+    orig = [rows[f'original seed {s}'] for s in seeds]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    rows['ratios'] = {
+        'train end to end (original / ours)': mean([o['wall_s'] for o in orig]) / mean([o['wall_s'] for o in ours]),
+        'train per iteration (original / ours)': mean([o['iter_ms'] for o in orig]) / mean([o['iter_ms'] for o in ours]),
+        'val loss, ours - original (mean)': mean([o['val'] for o in ours]) - mean([o['val'] for o in orig]),
+        'sample.py (kv_cache=False / engine)': rows['sample.py wall s (kv_cache=False)'] / rows['sample.py wall s (engine)'],
+        'decode batch 1 (engine / original)': rates[('engine', 1)] / rates[('original', 1)],
+        'decode batch 5 (engine / original)': rates[('engine', 5)] / rates[('original', 5)],
+    }
+    print(json.dumps(rows, indent=1))
+    with open(a.out, 'w') as f:
+        json.dump(rows, f, indent=1)
+    assert all(math.isfinite(v) for v in rows['ratios'].values())
+
+
+if __name__ == '__main__':
+    main()
