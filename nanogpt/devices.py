@@ -106,6 +106,15 @@ def cuda_bf16_native(device=None):
     return tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
 
 
+def bf16_native(device_type, device=None):
+    """Whether the device (a GPU `device`, None: the current one) multiplies bfloat16 natively."""
+    if device_type == 'cuda':
+        return cuda_bf16_native(device)
+    if device_type == 'mps':
+        return mps_autocast_supported()
+    return cpu_has_bf16_units()
+
+
 def resolve_dtype(dtype, device_type, device=None, cpu_bf16=False):
     """'auto' -> mixed precision where the device has it natively (`device`: which GPU, e.g.
     cuda:1; None means the current one). On a CPU float32, where train.py and bench.py measure

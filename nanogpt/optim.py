@@ -9,8 +9,12 @@ Liu et al. 2025, "Muon is Scalable for LLM Training") replaces each 2-D update o
 by the nearest semi-orthogonal matrix (a Newton-Schulz iteration), so that every direction of the
 matrix learns at the same rate. It is defined for hidden weight matrices only: the token
 embedding (tied to the output layer), the position embedding, LayerNorm gains and biases stay
-with AdamW, as in modded-nanogpt and nanochat. PyTorch ships Muon as torch.optim.Muon (2.9+).
+with AdamW, as in modded-nanogpt and nanochat. PyTorch ships Muon as torch.optim.Muon (2.9+),
+which orthogonalises in bfloat16; where bfloat16 is emulated (CPUs without AVX512-BF16 or AMX,
+GPUs before compute capability 8.0) Float32Muon does the same in float32.
 """
+
+import math
 
 import torch
 
@@ -75,6 +79,52 @@ class MuonAdamW:
         return [(self.adamw, sd['adamw']), (self.muon, sd['muon'])]
 
 
+def orthogonalize(update, coefficients, steps, eps):
+    """torch.optim.Muon's quintic Newton-Schulz iteration (Jordan et al. 2024), in float32: the
+    matrix scaled to spectral norm at most 1, then `steps` rounds of X <- aX + (bA + cA^2)X with
+    A = XX^T, worked on the wide orientation so that A is the smaller Gram matrix."""
+    a, b, c = coefficients
+    x = update.float()
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+class Float32Muon(torch.optim.Muon):
+    """torch.optim.Muon with its orthogonalisation in float32 (orthogonalize): the same update,
+    the same hyperparameters and state ('momentum_buffer'), so a checkpoint moves between the two.
+    For devices where bfloat16 is emulated, and there only: elsewhere bfloat16 is faster."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum = group['lr'], group['momentum']
+            for p in group['params']:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if 'momentum_buffer' not in state:
+                    state['momentum_buffer'] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                buf = state['momentum_buffer']
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group['nesterov'] else buf
+                update = orthogonalize(update, group['ns_coefficients'], group['ns_steps'], group['eps'])
+                # the 'original' adjustment: a (rows, cols) update is scaled by sqrt(max(1, rows/cols))
+                rows, cols = p.shape[:2]
+                p.mul_(1 - lr * group['weight_decay'])
+                p.add_(update.to(p.dtype), alpha=-lr * math.sqrt(max(1, rows / cols)))
+        return loss
+
+
 def check_muon_available():
     have = tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2])
     if have < MUON_MIN_TORCH or not hasattr(torch.optim, 'Muon'):
@@ -94,8 +144,7 @@ def resolve_optimizer(name, device_type, device=None, sharded=False):
         chosen, why = 'adamw', 'FSDP shards the matrices Muon must see whole'
     elif not hasattr(torch.optim, 'Muon'):
         chosen, why = 'adamw', f'torch {torch.__version__} has no torch.optim.Muon (2.9+)'
-    elif (devices.cuda_bf16_native(device) if device_type == 'cuda' else devices.cpu_has_bf16_units()
-          if device_type == 'cpu' else devices.mps_autocast_supported()):
+    elif devices.bf16_native(device_type, device):
         chosen, why = 'muon', 'this device multiplies bfloat16 natively, as Muon\'s orthogonalisation needs'
     else:
         chosen, why = 'adamw', 'bfloat16 is emulated here, which makes Muon\'s orthogonalisation slow'
@@ -125,11 +174,13 @@ def build_optimizer(model, c, kind, device_type):
         adamw = torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2))
     # the 'original' learning-rate adjustment: an update of a (rows, cols) matrix is scaled by
     # sqrt(max(1, rows/cols)), so muon_lr is a step size per unit of spectral norm (~0.02)
-    muon = torch.optim.Muon([{'params': [params[n] for n in muon_names], 'peak_lr': c.muon_lr}],
-                            lr=c.muon_lr, momentum=c.muon_momentum, weight_decay=c.weight_decay)
+    muon_cls = torch.optim.Muon if devices.bf16_native(device_type) else Float32Muon
+    muon = muon_cls([{'params': [params[n] for n in muon_names], 'peak_lr': c.muon_lr}],
+                    lr=c.muon_lr, momentum=c.muon_momentum, weight_decay=c.weight_decay)
     n_muon = sum(params[n].numel() for n in muon_names)
     n_adamw = sum(params[n].numel() for n in adamw_names)
-    print(f"Muon for {len(muon_names)} block matrices ({n_muon:,} parameters, lr {c.muon_lr}); "
+    print(f"Muon for {len(muon_names)} block matrices ({n_muon:,} parameters, lr {c.muon_lr}"
+          f"{', float32 orthogonalisation: bfloat16 is emulated here' if muon_cls is Float32Muon else ''}); "
           f"AdamW for {len(adamw_names)} embedding, gain and bias tensors ({n_adamw:,} parameters, "
           f"lr {c.learning_rate})")
     return MuonAdamW(muon, adamw)

@@ -160,7 +160,7 @@ def main():
     sh(['data/shakespeare_char/prepare.py', f'--input={a.input}'])
     import torch
     rows = {'torch': torch.__version__, 'device': torch.cuda.get_device_name() if a.device.startswith('cuda') else a.device}
-    short = [] if a.max_iters == 5000 else [f'--max_iters={a.max_iters}', f'--lr_decay_iters={a.max_iters}',
+    short = [] if a.max_iters == 5000 else [f'--max_iters={a.max_iters}', f'--lr_decay_iters={a.max_iters}', '--warmup_iters=0',
                                              f'--eval_interval={max(1, a.max_iters // 4)}', '--eval_iters=20']
     for s in range(a.seeds):
         seed = 1337 + s

@@ -107,3 +107,39 @@ def test_auto_takes_muon_only_where_bfloat16_is_native(monkeypatch, capsys):
 def test_auto_optimizer_is_stored_resolved(char_dataset, tmp_path):
     s = train.main(tiny_args(str(tmp_path / 'out'), char_dataset, optimizer='auto', max_iters=2, eval_interval=2))
     assert s['config']['optimizer'] in ('adamw', 'muon')
+
+
+def test_float32_muon_takes_torch_muons_step_and_state():
+    """Float32Muon (where bfloat16 is emulated) makes torch.optim.Muon's update, in float32: from the
+    same weights and gradients the two land within bfloat16's rounding of the update, and the float32
+    orthogonalisation matches a float64 run of the same iteration."""
+    torch.manual_seed(0)
+    w = torch.randn(48, 16)
+    grads = [torch.randn(48, 16) for _ in range(3)]
+    kw = dict(lr=0.05, momentum=0.95, weight_decay=0.1)
+    results = {}
+    for cls in (torch.optim.Muon, optim.Float32Muon):
+        p = torch.nn.Parameter(w.clone())
+        opt = cls([p], **kw)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        results[cls] = (p.detach().clone(), opt.state_dict())
+    (ref, ref_sd), (ours, ours_sd) = results[torch.optim.Muon], results[optim.Float32Muon]
+    moved = (ref - w).abs().max().item()
+    assert (ours - ref).abs().max().item() <= 0.03 * moved  # bf16 rounding of the reference, no more
+    assert ours_sd['state'][0].keys() == ref_sd['state'][0].keys()
+    torch.testing.assert_close(ours_sd['state'][0]['momentum_buffer'], ref_sd['state'][0]['momentum_buffer'])
+    g = torch.randn(16, 40, dtype=torch.float64)
+    coeff, steps, eps = (3.4445, -4.7750, 2.0315), 5, 1e-7
+    torch.testing.assert_close(optim.orthogonalize(g.float(), coeff, steps, eps).double(),
+                               optim.orthogonalize(g, coeff, steps, eps).double(), rtol=1e-4, atol=1e-5)
+
+
+def test_muon_orthogonalises_in_float32_where_bfloat16_is_emulated(monkeypatch, capsys):
+    from nanogpt import devices
+    monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: False)
+    opt = optim.build_optimizer(small_model(), settings(), 'muon', 'cpu')
+    assert type(opt.muon) is optim.Float32Muon and 'float32 orthogonalisation' in capsys.readouterr().out
+    monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: True)
+    assert type(optim.build_optimizer(small_model(), settings(), 'muon', 'cpu').muon) is torch.optim.Muon
