@@ -33,12 +33,12 @@ import torch
 
 from configurator import apply_overrides, given_settings, resumed_settings, settings_of
 from model import GPT, GPTConfig
-from nanogpt import autotune, checkpoint, cpu, distributed, settings
+from nanogpt import autotune, checkpoint, cpu, distributed, memory, settings
 from nanogpt.control import RunControl, start_budget
 from nanogpt.data import dataset_dir, meta_vocab_size, open_split
 from nanogpt.devices import autocast_ctx
 from nanogpt.errors import UserError, run_cli
-from nanogpt.optim import build_optimizer, set_lr
+from nanogpt.optim import build_optimizer, clip_gradients, set_lr
 
 # -----------------------------------------------------------------------------------------------
 # default settings: GPT-2 (124M) on OpenWebText, as in nanoGPT
@@ -188,14 +188,16 @@ def train(c, given=None, t0=None):
     run = settings.resolve(c)  # torchrun's processes, the device, the optimizer, micro-steps per process
     budget = start_budget(c, ckpt, t0)  # None without a time budget
     if run.master:
-        settings.check_out_dir(c.out_dir)
+        settings.check_out_dir(c.out_dir, lock=not c.eval_only)  # and take it: one training run per out_dir
     torch.manual_seed(c.seed + run.rank)
     torch.backends.cuda.matmul.allow_tf32 = True  # tf32 matmuls on Ampere and later: much faster, fine for training
     torch.backends.cudnn.allow_tf32 = True
 
     # ---- data and model ----
     data_dir = dataset_dir(c.dataset)
-    model, model_args = init_model(c, ckpt, meta_vocab_size(data_dir))
+    vocab_size = meta_vocab_size(data_dir)
+    memory.check_fits(c, run, ckpt, vocab_size)  # before allocating: one line where the run cannot fit
+    model, model_args = init_model(c, ckpt, vocab_size)
     data = {split: open_split(data_dir, split, c.dataset, c.block_size, model_args['vocab_size'])
             for split in ('train', 'val')}
     model.to(run.device)
@@ -244,7 +246,8 @@ def train(c, given=None, t0=None):
         X, Y = get_batch(data['train'], c, run)  # the very first batch
         while True:
             # the learning rate for this iteration; a signal stops the run, the time budget closes it
-            eval_due = iter_num % c.eval_interval == 0 or c.eval_only
+            # the last iteration is an evaluation point too, so that every run ends with a saved model
+            eval_due = iter_num % c.eval_interval == 0 or c.eval_only or iter_num >= c.max_iters
             stop, closing = ctl.check(iter_num, eval_due)
             lr = get_lr(ctl.schedule_iter(iter_num), c) if c.decay_lr else c.learning_rate
             set_lr(optimizer, lr, c.learning_rate)
@@ -280,15 +283,14 @@ def train(c, given=None, t0=None):
                 X, Y = get_batch(data['train'], c, run)
                 scaler.scale(loss).backward()
             # clip the gradients, step the optimizer (and the scaler), free the gradients' memory
-            if c.grad_clip != 0.0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+            scaler.unscale_(optimizer)  # float16: the true gradients, to measure and clip (a no-op otherwise)
+            grad_norm = clip_gradients(model.parameters(), c.grad_clip)  # their norm before clipping
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
 
-            # timing and logging: prints 'iter N: loss ..., time ...ms, mfu ...%'
-            ctl.iteration_done(iter_num, loss, lr)  # loss: the last micro-step's, divided by grad_accum
+            # timing and logging: prints 'iter N: loss ..., time ...ms, mfu ...%, grad norm ...'
+            ctl.iteration_done(iter_num, loss, lr, grad_norm)  # loss: the last micro-step's, divided by grad_accum
             iter_num += 1
             if iter_num > c.max_iters and budget is None:
                 break
@@ -309,9 +311,13 @@ def main(argv=None):
         # process group: clear them so the group is freed below (the message and lines stay)
         import traceback
         traceback.clear_frames(e.__traceback__)
+        oom = memory.out_of_memory_error(e)  # out of memory while setting up: one line
+        if oom is not None:
+            raise oom from None
         raise
     finally:
         distributed.shutdown_distributed()  # after train() returned: nothing but torch holds the group
+        settings.release_out_dir()  # out_dir/train.lock
     if summary['interrupted'] is not None:
         sys.exit(128 + summary['interrupted'])
     return summary

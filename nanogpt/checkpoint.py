@@ -25,9 +25,9 @@ def _temp_prefix(path):
     return d, f".{name}.tmp"
 
 
-def _pid_alive(pid):
-    if pid == os.getpid():
-        return False  # a save in this process removes its own temporary file when it ends
+def pid_alive(pid):
+    """Whether process `pid` runs on this machine (POSIX; never call it on Windows, where
+    os.kill(pid, 0) would end the process)."""
     try:
         os.kill(pid, 0)  # signal 0 only asks whether the process exists
     except ProcessLookupError:
@@ -49,7 +49,8 @@ def remove_stale_temp_files(path):
         return
     for name in names:
         pid = name[len(prefix):]
-        if name.startswith(prefix) and pid.isdigit() and not _pid_alive(int(pid)):
+        # a save in this process removes its own temporary file when it ends
+        if name.startswith(prefix) and pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
             try:
                 os.remove(os.path.join(d, name))
             except OSError:
@@ -109,9 +110,9 @@ def load_checkpoint(path, device='cpu'):
     if not os.path.exists(path):
         d = os.path.dirname(path) or '.'
         if os.path.basename(path) == 'ckpt.pt' and os.path.exists(os.path.join(d, 'last.pt')):
-            raise UserError(f"no checkpoint at {path} yet: {d} holds only last.pt, the state of a run stopped "
-                            f"before its first evaluation; continue it with: "
-                            f"python train.py --init_from=resume --out_dir={d}")
+            raise UserError(f"no checkpoint at {path} yet: {d} holds only last.pt, the training state of a run "
+                            f"stopped before its first evaluation or whose evaluations never beat the untrained "
+                            f"model's; continue it with: python train.py --init_from=resume --out_dir={d}")
         raise UserError(f"no checkpoint at {path}: train one first, e.g. "
                         f"python train.py config/train_shakespeare_char.py")
     try:
@@ -255,6 +256,15 @@ def fit_optimizer_state(optim_sd, params):
                                  f"{tuple(p.shape)}")
 
 
+class NonFiniteWeights(UserError):
+    """write() refused to save weights that hold inf or nan (RunControl adds how to recover)."""
+
+    def __init__(self, iter_num, bad, name):
+        self.iter_num, self.bad, self.name = iter_num, bad, name
+        super().__init__(f"the weights are not finite at iter {iter_num} ({bad}): training diverged; {name} "
+                         f"was not written and earlier checkpoints are untouched (try a lower --learning_rate)")
+
+
 def write(state, out_dir, name, run):
     """Write train.py's training state `state` as out_dir/<name>; a new ckpt.pt replaces last.pt
     as the latest state. Under torchrun every process calls this at the same points (the random
@@ -271,9 +281,7 @@ def write(state, out_dir, name, run):
     floats = {k: v for k, v in state['model'].items() if v.is_floating_point()}
     if floats and not torch.stack([torch.isfinite(v).all() for v in floats.values()]).all():  # one sync
         bad = next(k for k, v in floats.items() if not torch.isfinite(v).all())
-        raise UserError(f"the weights are not finite at iter {state['iter_num']} ({bad}): training diverged; "
-                        f"{name} was not written and earlier checkpoints are untouched (try a lower "
-                        f"--learning_rate)")
+        raise NonFiniteWeights(state['iter_num'], bad, name)
     print(f"saving checkpoint to {path}")
     save_checkpoint(state, path)
     last = os.path.join(out_dir, 'last.pt')

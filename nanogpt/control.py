@@ -14,6 +14,7 @@ rate reaches min_lr as the last iteration ends, on a fast machine and on a slow 
 
 import math
 import os
+import shlex
 import signal
 import threading
 import time
@@ -21,7 +22,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from . import checkpoint
+from . import checkpoint, memory
 from .errors import UserError, warn_once
 from .metrics import Metrics, format_duration
 
@@ -174,15 +175,23 @@ class RunControl:
         self.t_mark = None  # when the current iteration's own work began (after any evaluation and save)
         self.losses, self.evals = {}, {}  # iteration -> loss, and -> (train, val): the summary's record
         self.config = config
+        self.iter_num = None  # the iteration under way
+        self.saved = {}  # checkpoint name -> iteration, of those this run wrote
+        self.last_good = None  # (path, iteration) of the newest checkpoint: this run's, or the one resumed
+        self.kept_rng = None  # the batch stream's state, put back after the evaluation a run adds at its end
 
     def __enter__(self):
         self.signals.__enter__()
         self.t_last = self.t_mark = self.metrics.start()
         return self
 
-    def __exit__(self, *exc):
-        self.signals.__exit__(*exc)
+    def __exit__(self, exc_type, exc, tb):
+        self.signals.__exit__(exc_type, exc, tb)
         self.metrics.close()
+        when = f" at iteration {self.iter_num}" if self.iter_num is not None else ''
+        oom = memory.out_of_memory_error(exc, when, self.kept()) if exc else None
+        if oom is not None:
+            raise oom from None  # one line; nothing is saved, so every checkpoint stays as it was
 
     # ---- before an iteration ---------------------------------------------------------------
 
@@ -193,7 +202,16 @@ class RunControl:
         c, run, budget = self.c, self.run, self.budget
         if self.start_iter is None:
             self.start_iter = iter_num
+            if c.init_from == 'resume':  # last.pt exists only while it is newer than ckpt.pt
+                name = 'last.pt' if os.path.exists(os.path.join(c.out_dir, 'last.pt')) else 'ckpt.pt'
+                self.last_good = (os.path.join(c.out_dir, name), iter_num)
+        self.iter_num = iter_num
         self.t_mark = time.time()
+        # the evaluation that a run without a time budget adds at its last iteration draws its
+        # batches from the training batches' stream: evaluated() puts the stream back, so that
+        # every iteration's loss stays what it would be without it
+        added_eval = budget is None and iter_num >= c.max_iters and iter_num % c.eval_interval != 0 and not c.eval_only
+        self.kept_rng = torch.get_rng_state() if added_eval else None
         closing = budget is not None and (iter_num >= c.max_iters or budget.must_close(
             eval_due, c.eval_iters, run.grad_accum))
         self.progress = budget.progress(c.eval_iters, run.grad_accum) if budget else 0.0
@@ -229,11 +247,13 @@ class RunControl:
         validation loss ends the run with one line."""
         if self.budget is not None:
             self.budget.eval_s = time.time() - self.t_mark
+        if self.kept_rng is not None:
+            torch.set_rng_state(self.kept_rng)
+            self.kept_rng = None
         self.metrics.eval(iter_num, losses, lr)
         self.evals[iter_num] = (losses['train'], losses['val'])
         if not math.isfinite(losses['val']):
-            raise UserError(f"validation loss is {losses['val']} at iter {iter_num}: training diverged; "
-                            f"checkpoints were left untouched (try a lower --learning_rate)")
+            raise self.diverged(f"validation loss is {losses['val']} at iter {iter_num}")
         self.t_mark = time.time()
 
     def save(self, name, state):
@@ -242,16 +262,44 @@ class RunControl:
         if self.budget is not None:
             state['time'] = self.budget.state()  # a resumed budgeted run continues its clock and schedule
         t0 = time.time()
-        checkpoint.write(state, self.c.out_dir, name, self.run)
+        try:
+            checkpoint.write(state, self.c.out_dir, name, self.run)
+        except checkpoint.NonFiniteWeights as e:
+            raise self.diverged(f"the weights are not finite at iter {e.iter_num} ({e.bad})",
+                                f"{name} was not written; ") from None
+        self.saved[name] = state['iter_num']
+        self.last_good = (os.path.join(self.c.out_dir, name), state['iter_num'])
         if self.budget is not None and self.run.master:
             self.budget.save_s = time.time() - t0
         self.t_mark = time.time()
 
     # ---- after an iteration ------------------------------------------------------------------
 
-    def iteration_done(self, iter_num, loss, lr):
-        """One iteration ended; `loss` is its last micro-step's loss divided by grad_accum. The
-        loss is read (a host sync) on the CPU at every iteration, on GPUs at log_interval."""
+    def kept(self):
+        """Which checkpoint a failure leaves for the run to continue from, in words."""
+        if self.last_good is None:
+            return "no checkpoint was saved"
+        return f"the last checkpoint, {self.last_good[0]} (iteration {self.last_good[1]}), is untouched"
+
+    def diverged(self, what, unsaved=''):
+        """The one-line error for a run whose loss or weights went non-finite (`what`): the last
+        good checkpoint, and the command that continues from it at half the learning rate."""
+        c = self.c
+        lower = f"--learning_rate={c.learning_rate / 2:g}" + (
+            f" --muon_lr={c.muon_lr / 2:g}" if self.run.optimizer == 'muon' else '')
+        if self.last_good is None:
+            fix = f"no checkpoint was saved; start again with a lower learning rate, e.g. {lower}"
+        else:
+            fix = (f"{self.kept()}; resume from it with a lower learning rate: python train.py "
+                   f"--init_from=resume --out_dir={shlex.quote(c.out_dir)} {lower}")
+        if self.run.dtype != 'float32':
+            fix += " (or --dtype=float32)"
+        return UserError(f"{what}: training diverged; {unsaved}{fix}")
+
+    def iteration_done(self, iter_num, loss, lr, grad_norm):
+        """One iteration ended; `loss` is its last micro-step's loss divided by grad_accum,
+        `grad_norm` the gradients' norm before clipping (tensors). The loss is read (a host sync)
+        on the CPU at every iteration, on GPUs at log_interval; the norm when it is logged."""
         c, run = self.c, self.run
         t1 = time.time()
         dt, self.t_last = t1 - self.t_last, t1
@@ -262,11 +310,11 @@ class RunControl:
         if run.device_type != 'cuda' or iter_num % c.log_interval == 0:
             lossf = loss.item() * run.grad_accum  # the last micro-step's loss
             if not math.isfinite(lossf):
-                raise UserError(f"loss is {lossf} at iter {iter_num}: training diverged; checkpoints "
-                                f"were left untouched (try a lower --learning_rate or --dtype=float32)")
+                raise self.diverged(f"loss is {lossf} at iter {iter_num}")
             self.losses[iter_num] = lossf
             if iter_num % c.log_interval == 0 and run.master:
-                self.metrics.iteration(iter_num, self.local_iters, lossf, lr, dt)  # 'iter N: loss ...'
+                # 'iter N: loss ...'
+                self.metrics.iteration(iter_num, self.local_iters, lossf, lr, dt, grad_norm.item())
         self.local_iters += 1
 
     def summary(self, iter_num, best_val_loss):
@@ -274,6 +322,10 @@ class RunControl:
         ended by itself."""
         interrupted = self.signals.received
         if self.run.master and not self.c.eval_only and interrupted is None:
-            self.metrics.summary(self.start_iter or 0, iter_num, best_val_loss)
+            best_file = os.path.join(self.c.out_dir, 'ckpt.pt')
+            if 'ckpt.pt' not in self.saved and not (self.c.init_from == 'resume' and os.path.exists(best_file)):
+                best_file = None  # no ckpt.pt holds best_val_loss: the summary says so
+            untrained = self.evals.get(0, (None, None))[1] == best_val_loss
+            self.metrics.summary(self.start_iter or 0, iter_num, best_val_loss, best_file, self.last_good, untrained)
         return {'iter_num': iter_num, 'best_val_loss': best_val_loss, 'losses': self.losses,
                 'evals': self.evals, 'interrupted': interrupted, 'config': self.config}

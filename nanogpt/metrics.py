@@ -58,9 +58,9 @@ class Metrics:
             self.wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'],
                             "lr": lr, "mfu": self.running_mfu * 100})
 
-    def iteration(self, iter_num, local_iter_num, lossf, lr, dt):
+    def iteration(self, iter_num, local_iter_num, lossf, lr, dt, grad_norm):
         """An iteration of dt seconds (the local_iter_num-th of this process) that ended with
-        the loss lossf."""
+        the loss lossf; grad_norm: the gradients' norm before clipping."""
         c, budget = self.c, self.budget
         if local_iter_num >= 5:  # the first iterations include compilation and warm-up
             mfu = self.model.estimate_mfu(c.batch_size * self.run.grad_accum, dt, self.peak)
@@ -71,22 +71,33 @@ class Metrics:
         else:  # not from a process's first iteration: it holds the first evaluation and any compiling
             left = f", eta {format_duration(dt * (c.max_iters - iter_num))}" if local_iter_num else ''
         print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {self.running_mfu * 100:.2f}%, "
-              f"{tok_s:,.0f} tok/s{left}")
+              f"grad norm {grad_norm:.4g}, {tok_s:,.0f} tok/s{left}")
         self.write(event='iter', iter=iter_num, loss=lossf, lr=lr, time_ms=dt * 1000,
-                   mfu=self.running_mfu * 100, tok_s=tok_s, elapsed=time.time() - self.t_start)
+                   mfu=self.running_mfu * 100, grad_norm=grad_norm, tok_s=tok_s, elapsed=time.time() - self.t_start)
 
-    def summary(self, start_iter, iter_num, best_val_loss):
-        """The closing lines of a run that ran to its end."""
+    def summary(self, start_iter, iter_num, best_val_loss, best_file, last_good, untrained):
+        """The closing lines of a run that ran to its end. best_file: the ckpt.pt that holds
+        best_val_loss, or None; last_good: (path, iteration) of the newest checkpoint, or None;
+        untrained: best_val_loss is the evaluation of iteration 0, before any training."""
         c, budget = self.c, self.budget
+        best = f"best val loss {best_val_loss:.4f}"
+        if best_file is None:
+            best += " (iteration 0's, the untrained model's: not saved)" if untrained else " (not saved)"
         if budget is not None:
             print(f"done: {iter_num - start_iter} iterations fitted in the {format_duration(c.time_budget)} budget "
-                  f"({format_duration(budget.spent())} used, {iter_num} in all), best val loss {best_val_loss:.4f}")
+                  f"({format_duration(budget.spent())} used, {iter_num} in all), {best}")
         else:
-            print(f"done: {iter_num} iterations in {format_duration(time.time() - self.t_start)}, "
-                  f"best val loss {best_val_loss:.4f}")
-        ckpt_file = os.path.join(c.out_dir, 'ckpt.pt')
-        if os.path.exists(ckpt_file):
-            print(f"best model: {ckpt_file}; sample from it with: python sample.py --out_dir={c.out_dir}")
+            print(f"done: {iter_num} iterations in {format_duration(time.time() - self.t_start)}, {best}")
+        if best_file is not None:
+            print(f"best model: {best_file}; sample from it with: python sample.py --out_dir={c.out_dir}")
+        elif last_good is not None:
+            print(f"no best model: no evaluation improved on that loss, so ckpt.pt was not written; the "
+                  f"training state is in {last_good[0]} (iteration {last_good[1]}): continue with a lower "
+                  f"learning rate, e.g. python train.py --init_from=resume --out_dir={c.out_dir} "
+                  f"--learning_rate={c.learning_rate / 2:g}")
+        else:
+            longer = f"a larger --time_budget than {c.time_budget:g}" if budget is not None else "--max_iters=1 or more"
+            print(f"nothing was saved: a run saves at its evaluations after iteration 0; give it {longer}")
 
     def close(self):
         if self.file:

@@ -192,3 +192,17 @@ def set_lr(optimizer, lr, learning_rate):
     for group in optimizer.param_groups:
         peak = group.get('peak_lr', learning_rate)
         group['lr'] = lr if peak == learning_rate else peak * (lr / learning_rate)
+
+
+def clip_gradients(parameters, grad_clip):
+    """Clip the gradients' total norm to grad_clip (0: leave them as they are) and return that
+    norm as it was before clipping, a tensor (read it when logging: on a GPU reading is a sync).
+    Under FSDP the norm of the sharded gradients is gathered into one number."""
+    params = [p for p in parameters if p.grad is not None]
+    if grad_clip != 0.0:
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    elif hasattr(torch.nn.utils, 'get_total_norm'):  # torch 2.6+
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    else:
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    return norm.full_tensor() if hasattr(norm, 'full_tensor') else norm

@@ -3,7 +3,8 @@
     python -m pytest -q tests/test_cuda.py -rs          # on a machine with one or more NVIDIA GPUs
 
 bfloat16 + compile training steps, float16 with the gradient scaler, exact resume, cached against
-uncached sampling, pinned-memory batches, DDP and FSDP on 2 GPUs, bench.py --compare=True."""
+uncached sampling, pinned-memory batches, the memory estimate against the allocator's peak, an
+out-of-memory error as one line, DDP and FSDP on 2 GPUs, bench.py --compare=True."""
 
 import os
 import subprocess
@@ -92,6 +93,55 @@ def test_bench_compare_on_cuda():
                    '--block_size=64', '--batch_size=8', '--iters=3', '--warmup=1')
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'speed-up of the chosen settings' in r.stdout
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_activation_estimate_bounds_a_cuda_step(dtype):
+    """nanogpt/memory.py's activations against torch.cuda.max_memory_allocated over a micro-step
+    with .grad in place (eager, fused attention, GPT-2's vocabulary)."""
+    from model import GPT, GPTConfig
+    from nanogpt import memory
+    if dtype == 'bfloat16' and not native_bf16():
+        pytest.skip('this GPU has no native bfloat16 (compute capability < 8.0)')
+    L, nh, C, T, V, B = 4, 8, 512, 512, 50304, 4
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=L, n_head=nh, n_embd=C, block_size=T, vocab_size=V, bias=False)).cuda()
+    ctx = torch.autocast('cuda', dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
+    x, y = torch.randint(V, (B, T), device='cuda'), torch.randint(V, (B, T), device='cuda')
+    with ctx:
+        model(x, y)[1].backward()  # .grad, cuBLAS workspaces and kernels in place
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    with ctx:
+        logits, loss = model(x, y)
+    loss.backward()
+    del logits, loss
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    est = memory.activation_bytes(memory.Shape(L, nh, C, T, V), B, dtype)
+    assert 0.8 * est <= peak <= 1.05 * est, (peak, est)
+
+
+def test_out_of_memory_on_cuda_is_one_line(char_dataset, tmp_path):
+    """A GPU that runs out in the middle of training (a 2 GiB cap stands in for a small card):
+    one line with the fix, the checkpoint untouched."""
+    out = str(tmp_path / 'out')
+    train.main(cuda_args(out, char_dataset, max_iters=4, eval_interval=2))
+    with open(os.path.join(out, 'ckpt.pt'), 'rb') as f:
+        before = f.read()
+    capped = ("import runpy, sys, torch\n"
+              "torch.cuda.set_per_process_memory_fraction(2 ** 31 / torch.cuda.get_device_properties(0).total_memory)\n"
+              "sys.argv = ['train.py'] + sys.argv[1:]\n"
+              "runpy.run_path('train.py', run_name='__main__')\n")
+    # about 4 GB for a float32 training micro-step of the tiny model
+    r = run_script('-c', capped, *cuda_args(out, char_dataset, init_from='resume', max_iters=8, eval_interval=2,
+                                            batch_size=24000, peak_flops=1e12))
+    assert r.returncode == 2 and 'Traceback' not in r.stderr and r.stderr.count('\n') == 1, r.stderr[-2000:]
+    assert r.stderr.startswith('error: out of memory on cuda') and '(CUDA out of memory' in r.stderr
+    assert '--batch_size=12000 --gradient_accumulation_steps=2' in r.stderr and 'is untouched' in r.stderr
+    with open(os.path.join(out, 'ckpt.pt'), 'rb') as f:
+        assert f.read() == before
 
 
 @two_gpus

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -269,9 +270,16 @@ def test_nonfinite_loss_stops_with_iteration_and_keeps_checkpoint(char_dataset, 
                    env=ONE_THREAD)
     assert r.returncode == 2 and 'Traceback' not in r.stderr
     assert r.stderr.strip().count('\n') == 0
-    assert r.stderr.startswith('error: loss is nan at iter 5: training diverged')
+    assert r.stderr.startswith('error: loss is nan at iter 5: training diverged; ')
+    # the last good checkpoint, and the command that continues from it at half the learning rate
+    assert f'the last checkpoint, {out}/ckpt.pt (iteration 4), is untouched' in r.stderr
+    assert r.stderr.rstrip().endswith(f'python train.py --init_from=resume --out_dir={out} --learning_rate=5e+29')
     assert sha(os.path.join(out, 'ckpt.pt')) == before
     assert not os.path.exists(os.path.join(out, 'last.pt'))
+    # a new run that diverges before its first save: nothing to resume, so it starts again lower
+    with pytest.raises(UserError, match=r'training diverged; no checkpoint was saved; start again with a '
+                                        r'lower learning rate, e\.g\. --learning_rate=5e\+29$'):
+        train.main(tiny_args(str(tmp_path / 'new'), char_dataset, learning_rate=1e30, warmup_iters=0))
 
 
 def test_signal_after_divergence_writes_no_nonfinite_weights(char_dataset, tmp_path, monkeypatch):
@@ -281,7 +289,8 @@ def test_signal_after_divergence_writes_no_nonfinite_weights(char_dataset, tmp_p
     train.main(tiny_args(out, char_dataset, max_iters=4, eval_interval=2))
     before = sha(os.path.join(out, 'ckpt.pt'))
     stop_at_fetch(monkeypatch, fetch=2)  # during iteration 4: stop at the top of iteration 5
-    with pytest.raises(UserError, match=r'weights are not finite at iter 5 .*last\.pt was not written'):
+    with pytest.raises(UserError, match=rf'weights are not finite at iter 5 .*last\.pt was not written; the '
+                                        rf'last checkpoint, {re.escape(out)}/ckpt\.pt \(iteration 4\), is untouched'):
         train.main(tiny_args(out, char_dataset, init_from='resume', max_iters=20, eval_interval=2,
                              learning_rate=1e39, warmup_iters=0, lr_decay_iters=20))
     assert sha(os.path.join(out, 'ckpt.pt')) == before

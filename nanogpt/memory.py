@@ -1,0 +1,414 @@
+"""
+How much memory a training run needs, worked out from the model's shape before anything is
+allocated, and the one-line stop where it cannot fit: train.py calls check_fits before it builds
+the model, and turns an out-of-memory error that happens anyway into one line
+(out_of_memory_error). docs/memory.md tabulates the formula for GPT-2's sizes:
+
+    python -m nanogpt.memory          # that table, recomputed
+
+The parts, in bytes (P parameters, N = batch_size * block_size tokens per micro-batch, L layers,
+C = n_embd, V = vocab_size, nh = n_head, T = block_size, a = 2 under bfloat16/float16 autocast,
+4 in float32):
+
+- weights 4P (autocast keeps float32 master weights) and gradients 4P (with gradient
+  accumulation they live through every micro-step, so they count at the peak);
+- optimizer state: AdamW's two float32 moments, 8P, and a 4-byte step counter per tensor; Muon
+  keeps one float32 momentum (4 bytes) per block-matrix parameter, AdamW's 8 for the rest;
+- activations of one micro-batch, what autograd keeps for the backward pass: per token and block
+  8C (the LayerNorms' float32 inputs, from the residual stream) + 14aC (the Linears' inputs, q, k,
+  v, the attention output, the GELU's input) + 16 (LayerNorm statistics) + 4nh (the fused
+  attention's log-sum-exp); the attention written out (nanogpt/cpu.py) keeps its (nh, T, T)
+  softmax output instead; dropout adds 1-byte masks (and the dropped attention matrix); autocast
+  keeps 2-byte copies of the Linear weights. The output layer keeps the logits (aV per token, held
+  by the training loop) and the float32 log-softmax (4V), and its backward pass adds two more
+  float32 (N, V) tensors for a moment: at GPT-2's vocabulary that is more than all twelve blocks
+  of GPT-2 124M need.
+
+These are eager PyTorch's counts: tests/test_memory.py checks the parameter and optimizer-state
+bytes exactly and the activations against every allocation of a CPU training step (within 15%,
+never below), tests/test_cuda.py against torch.cuda.max_memory_allocated. torch.compile fuses and
+recomputes some activations and needs less, so a compiled run that the check stops by a few
+percent may fit; the suggested batch size keeps the tokens per step either way.
+"""
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+
+from . import devices
+from .errors import UserError
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the estimate needs of a GPT: GPTConfig's architecture fields."""
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block_size: int
+    vocab_size: int
+    bias: bool = False
+
+    @property
+    def params(self):
+        """The exact parameter count of model.GPT (the output layer shares the token embedding)."""
+        C, L = self.n_embd, self.n_layer
+        per_block = 12 * C * C + 2 * C + (11 * C if self.bias else 0)  # 4 Linears, 2 LayerNorms
+        return (self.vocab_size + self.block_size) * C + L * per_block + C * (2 if self.bias else 1)
+
+    @property
+    def tensors(self):
+        """How many parameter tensors model.GPT has (one optimizer step counter each)."""
+        return 2 + self.n_layer * (12 if self.bias else 6) + (2 if self.bias else 1)
+
+    @property
+    def block_matrix_params(self):
+        """Parameters of the blocks' 2-D weights: what optimizer='muon' trains with Muon."""
+        return self.n_layer * 12 * self.n_embd * self.n_embd
+
+    @property
+    def linear_weight_params(self):
+        """Parameters that autocast copies to 2 bytes: the blocks' Linear weights and the output layer."""
+        return self.block_matrix_params + self.vocab_size * self.n_embd
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes of each part of a training run's peak (see the module docstring)."""
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+
+    @property
+    def fixed(self):
+        """What does not shrink with the batch: weights, gradients, optimizer state."""
+        return self.weights + self.gradients + self.optimizer
+
+    @property
+    def total(self):
+        return self.fixed + self.activations
+
+    def describe(self):
+        return (f"{gb(self.total)} (weights {gb(self.weights, '')}, gradients {gb(self.gradients, '')}, "
+                f"optimizer state {gb(self.optimizer, '')}, activations of one micro-batch "
+                f"{gb(self.activations, '')})")
+
+
+def gb(n, unit=' GB'):
+    """Bytes as GB (10^9 bytes) with enough digits to tell small amounts apart."""
+    return f"{n / GB:.1f}{unit}" if n >= 0.1 * GB else f"{n / GB:.3f}{unit}"
+
+
+def optimizer_bytes(shape, optimizer):
+    """Optimizer state: AdamW's two float32 moments and a float32 step counter per tensor; with
+    Muon, one float32 momentum for the block matrices (no counter) and AdamW's state for the rest."""
+    if optimizer == 'muon':
+        n_muon = shape.block_matrix_params
+        return 4 * n_muon + 8 * (shape.params - n_muon) + 4 * (shape.tensors - 4 * shape.n_layer)
+    return 8 * shape.params + 4 * shape.tensors
+
+
+def activation_bytes(shape, batch_size, dtype='float32', written_out=False, dropout=0.0):
+    """Bytes for one micro-batch of batch_size sequences of block_size tokens: what autograd keeps
+    for the backward pass, the logits, and the peak of the backward pass on top (see the module
+    docstring for the parts)."""
+    C, L, V, nh, T = shape.n_embd, shape.n_layer, shape.vocab_size, shape.n_head, shape.block_size
+    a = 4 if dtype == 'float32' else 2
+    # per block and token: the LayerNorms' float32 inputs and statistics; the inputs of the four
+    # Linears, q, k and v, the attention output and the GELU's input: 14 values of width C
+    per_token_layer = 2 * 4 * C + 16 + 14 * a * C
+    if written_out:
+        per_token_layer += nh * T * a  # the softmax output, (nh, T, T) per sequence
+        if dropout > 0:
+            per_token_layer += nh * T * (1 + a)  # its dropout mask and the dropped copy
+    else:
+        per_token_layer += 4 * nh  # the fused kernel's float32 log-sum-exp
+    if dropout > 0:
+        per_token_layer += 2 * C  # the 1-byte masks of the two residual dropouts
+    per_token = L * per_token_layer + (C if dropout > 0 else 0)  # + the embedding's dropout mask
+    # the final LayerNorm's float32 input and statistics, the output layer's input, the logits
+    # (held by the training loop) and the float32 log-softmax; the int64 inputs and targets of
+    # this micro-batch and the next
+    per_token += 4 * C + 8 + a * C + a * V + 4 * V + 4 * 8
+    per_seq = T * per_token
+    # the backward pass's peak on top: two float32 (N, V) gradients at the output layer; or in a
+    # block two (N, 4C) gradients, or one beside the float32 gradient of a (4C, C) weight, which
+    # with gradient accumulation is a new tensor before it is added to .grad
+    N = batch_size * T
+    backward = max(N * 2 * 4 * V, N * 2 * 4 * a * C, N * 4 * a * C + 4 * 4 * C * C)
+    weight_copies = 2 * shape.linear_weight_params if a == 2 else 0  # autocast's 2-byte weights, kept for backward
+    return batch_size * per_seq + backward + weight_copies
+
+
+def eval_activation_bytes(shape, batch_size, dtype='float32'):
+    """Bytes of an evaluation's forward pass (no autograd graph): the logits and the float32
+    log-softmax (and its float32 input under autocast), beside a block's largest intermediates."""
+    C, V, a = shape.n_embd, shape.vocab_size, 4 if dtype == 'float32' else 2
+    per_token = a * V + 4 * V + (4 * V if a == 2 else 0) + 14 * a * C
+    return batch_size * shape.block_size * per_token + (2 * shape.linear_weight_params if a == 2 else 0)
+
+
+def estimate(shape, batch_size, dtype='float32', optimizer='adamw', written_out=False, dropout=0.0, shards=1):
+    """The Estimate of one process's training run. shards: processes that split the weights,
+    gradients and optimizer state (FSDP), 1 otherwise."""
+    return Estimate(weights=4 * shape.params // shards, gradients=4 * shape.params // shards,
+                    optimizer=optimizer_bytes(shape, optimizer) // shards,
+                    activations=activation_bytes(shape, batch_size, dtype, written_out, dropout))
+
+
+# ---- the shape a run will build, and what it will execute -------------------------------------
+
+# the shapes behind model.GPT.from_pretrained's names (vocab_size 50257, block_size 1024, biases)
+GPT2_SHAPES = {'gpt2': (12, 12, 768), 'gpt2-medium': (24, 16, 1024), 'gpt2-large': (36, 20, 1280),
+               'gpt2-xl': (48, 25, 1600)}
+
+
+def shape_for(c, ckpt, vocab_size):
+    """The Shape train.py will build for settings `c`: a new model (vocab_size from meta.pkl, else
+    GPT-2's padded 50304), the resumed checkpoint's, or GPT-2's; cropped to block_size. None where
+    it cannot be known before loading (a Hugging Face directory without a readable config.json)."""
+    if c.init_from == 'scratch':
+        return Shape(c.n_layer, c.n_head, c.n_embd, c.block_size, vocab_size or 50304, c.bias)
+    if c.init_from == 'resume':
+        a = ckpt['model_args']
+        return Shape(a['n_layer'], a['n_head'], a['n_embd'], min(a['block_size'], c.block_size),
+                     a['vocab_size'], a.get('bias', True))
+    if c.init_from in GPT2_SHAPES:
+        L, nh, C = GPT2_SHAPES[c.init_from]
+        return Shape(L, nh, C, min(1024, c.block_size), 50257, True)
+    try:
+        with open(os.path.join(c.init_from, 'config.json')) as f:
+            hf = json.load(f)
+        return Shape(hf['n_layer'], hf['n_head'], hf['n_embd'], min(hf['n_positions'], c.block_size),
+                     hf['vocab_size'], True)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def planned_steps(c, run):
+    """(dtype, attention written out) of each kind of forward+backward pass the run will make.
+    On a CPU with dtype or compile 'auto', nanogpt/autotune.py measures every candidate at the
+    full batch size before it chooses, so each must fit; eager CPU training with dropout always
+    writes the attention out (nanogpt/cpu.py)."""
+    if run.device_type != 'cpu':
+        if c.dtype != 'auto':
+            return [(c.dtype, False)]
+        if run.device_type == 'cuda':
+            return [('bfloat16', False)]  # or float16 on older GPUs: 2 bytes either way
+        return [('bfloat16' if devices.mps_autocast_supported() else 'float32', False)]
+    measured = 'auto' in (c.dtype, c.compile) and not run.fsdp
+    dtypes = [c.dtype] if c.dtype != 'auto' else ['float32'] + (['bfloat16'] if devices.cpu_has_bf16_units() else [])
+    steps = []
+    for d in dtypes:
+        if c.dropout > 0 and c.compile is not True:
+            steps.append((d, True))
+        else:
+            steps.append((d, False))
+            if measured and d != 'float32' and c.dropout == 0:
+                steps.append((d, True))
+    return steps
+
+
+# ---- free memory ----------------------------------------------------------------------------
+
+def host_available():
+    """Bytes this process can still allocate on the host: MemAvailable (Linux), or less where a
+    cgroup (a container's memory limit) leaves less; None where neither can be read."""
+    avail = None
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    avail = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # cgroup v2: the limit, less what is used, plus the page cache it can reclaim
+        with open('/sys/fs/cgroup/memory.max') as f:
+            limit = f.read().strip()
+        if limit != 'max':
+            with open('/sys/fs/cgroup/memory.current') as f:
+                used = int(f.read())
+            with open('/sys/fs/cgroup/memory.stat') as f:
+                cache = next((int(line.split()[1]) for line in f if line.startswith('inactive_file ')), 0)
+            left = int(limit) - used + cache
+            avail = left if avail is None else min(avail, left)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def device_free(run):
+    """(bytes free for this run on its device, or None where unknown; how to name it)."""
+    if run.device_type == 'cuda':
+        return torch.cuda.mem_get_info(run.device)[0], f"{run.device} ({torch.cuda.get_device_name(run.device)})"
+    if run.device_type == 'mps':
+        mps = torch.mps
+        if hasattr(mps, 'recommended_max_memory') and hasattr(mps, 'driver_allocated_memory'):
+            return mps.recommended_max_memory() - mps.driver_allocated_memory(), "mps (its recommended maximum)"
+        return None, 'mps'
+    avail = host_available()
+    local = int(os.environ.get('LOCAL_WORLD_SIZE', 1)) if run.ddp else 1
+    if avail is None:
+        return None, 'cpu'
+    return avail // local, 'cpu' + (f" (a {local}-process share)" if local > 1 else '')
+
+
+# ---- the check before the model is built ---------------------------------------------------------
+
+_plan = {}  # what check_fits found, for the out-of-memory line of a run that fails later anyway
+
+
+def micro_batch_at_most(c, cap, processes=1):
+    """The largest micro-batch of at most cap sequences (1 at least) that splits an optimizer step
+    of batch_size * gradient_accumulation_steps sequences into whole micro-steps, a multiple of
+    `processes` of them (torchrun divides the micro-steps among its processes)."""
+    step = c.batch_size * c.gradient_accumulation_steps
+    small = [d for d in range(1, math.isqrt(step) + 1) if step % d == 0]
+    return max([d for d in small + [step // d for d in small] if d <= cap and (step // d) % processes == 0] or [1])
+
+
+def largest_batch(fits, batch_size):
+    """The largest b < batch_size with fits(b) true (fits(1) is), by bisection: fits is monotone."""
+    lo, hi = 1, batch_size - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def smaller_batch_hint(c, batch_size):
+    """The settings that train with micro-batches of at most batch_size sequences and the same
+    tokens per optimizer step."""
+    b = micro_batch_at_most(c, batch_size, _plan.get('processes', 1))
+    g = c.batch_size * c.gradient_accumulation_steps // b
+    return f"--batch_size={b} --gradient_accumulation_steps={g} (the same tokens per step)"
+
+
+def label(step):
+    return f"{step[0]}" + (", attention written out" if step[1] else "")
+
+
+def check_fits(c, run, ckpt, vocab_size):
+    """Stop with one line, before anything is allocated, where the run cannot fit: the estimate
+    of its largest forward+backward pass (planned_steps) against what the device has free, and on
+    a GPU also the host memory the model is built in first. `ckpt`: the resumed checkpoint or
+    None; `vocab_size`: from meta.pkl, or None. Remembers the estimate for out_of_memory_error."""
+    _plan.clear()
+    _plan.update(c=c, processes=run.world_size)
+    shape = shape_for(c, ckpt, vocab_size)
+    if shape is None:
+        return
+    shards = run.world_size if run.fsdp else 1
+    measured = run.device_type == 'cpu' and 'auto' in (c.dtype, c.compile) and not run.fsdp
+
+    def need_for(step, batch_size):
+        e = estimate(shape, batch_size, step[0], run.optimizer, step[1], c.dropout, shards)
+        if not c.eval_only:
+            return e
+        optimizer = e.optimizer if c.init_from == 'resume' else 0  # loaded with the checkpoint
+        if measured:  # autotune.py measures training micro-steps, without an optimizer step
+            return Estimate(e.weights, e.gradients, optimizer, e.activations)
+        return Estimate(e.weights, 0, optimizer, eval_activation_bytes(shape, batch_size, step[0]))
+
+    estimates = {step: need_for(step, c.batch_size) for step in planned_steps(c, run)}
+    step = max(estimates, key=lambda s: estimates[s].total)
+    need = estimates[step]
+    free, where = device_free(run)
+    _plan.update(need=need, free=free, where=where)
+    if run.device_type != 'cpu':
+        host = host_available()
+        if host is not None and 4 * shape.params > host:
+            raise UserError(f"the model ({shape.params / 1e6:,.0f}M parameters) is built in host memory "
+                            f"before it moves to {run.device}: that needs {gb(4 * shape.params)} and "
+                            f"{gb(host)} is available; use a smaller model (fewer --n_layer, a smaller "
+                            f"--n_embd)")
+    if free is None or need.total <= free:
+        return
+    what = f"this run needs about {need.describe()} on {where}, which has {gb(free)} free"
+    least = min(estimates, key=lambda s: estimates[s].total)
+    if estimates[least].total <= free:  # dtype=auto measures every candidate at the full batch size
+        raise UserError(f"{what}, for {label(step)}, the largest setup that dtype/compile=auto measures "
+                        f"at the start: give --dtype={least[0]} --compile=False (about "
+                        f"{gb(estimates[least].total)} with {label(least)})")
+    if need_for(step, 1).total > free:
+        if need.fixed > free:
+            fix = ("the weights, gradients and optimizer state alone do not fit: use a smaller model "
+                   "(fewer --n_layer, a smaller --n_embd)")
+        else:
+            fix = "even one sequence does not fit: use a smaller --block_size or a smaller model"
+        if run.device_type == 'cuda':
+            fix += ", or shard it over several GPUs (torchrun ... --fsdp=True)"
+    else:
+        fits = largest_batch(lambda b: need_for(step, b).total <= free, c.batch_size)
+        fix = f"use {smaller_batch_hint(c, fits)}, or a smaller --block_size or model"
+    raise UserError(f"{what}: {fix}")
+
+
+# ---- running out of memory anyway ---------------------------------------------------------------
+
+def is_out_of_memory(e):
+    """torch's out-of-memory error (CUDA, MPS), the CPU allocator's failure, or Python's MemoryError."""
+    if isinstance(e, MemoryError) or type(e).__name__ == 'OutOfMemoryError':
+        return True
+    text = str(e) if isinstance(e, RuntimeError) else ''
+    return "can't allocate memory" in text or 'out of memory' in text
+
+
+def out_of_memory_error(e, when='', kept=''):
+    """The one-line UserError for an out-of-memory exception `e` (None for any other exception):
+    what failed, the estimate and what was free at the start (check_fits), the fix, and `kept`
+    (which checkpoint is untouched). `when`: e.g. ' at iteration 12'."""
+    if not is_out_of_memory(e):
+        return None
+    c = _plan.get('c')
+    text = str(e)
+    detail = ('CUDA out of memory' if 'CUDA' in text else 'MPS out of memory' if 'MPS' in text
+              else 'the allocator failed')
+    asked = re.search(r'[Tt]ried to allocate ([\d.]+) ?(\w+)', text)
+    if asked:
+        n, unit = asked.groups()
+        big = unit == 'bytes' and int(n) >= 1e6
+        detail += f", asking for {int(n) / 1e6:,.0f} MB" if big else f", asking for {n} {unit}"
+    where = _plan.get('where', '')
+    line = f"out of memory{' on ' + where if where else ''}{when} ({detail})"
+    if _plan.get('need') is not None:
+        line += f"; the estimate was {gb(_plan['need'].total)}" + (
+            f" of the {gb(_plan['free'])} free at the start" if _plan.get('free') is not None else '')
+    fix = (f"use {smaller_batch_hint(c, c.batch_size // 2)}, or a smaller --block_size or model"
+           if c is not None and c.batch_size > 1 else "use a smaller --batch_size, --block_size or model")
+    return UserError(f"{line}: {fix}" + (f"; {kept}" if kept else ''))
+
+
+# ---- the docs' table ---------------------------------------------------------------------------
+
+def table(cards_gib=(12, 16, 24), block_size=1024, context_gib=0.5):
+    """Print docs/memory.md's table: GPT-2's four shapes trained from scratch (bias=False,
+    vocab_size 50304) at block_size 1024 in bfloat16 autocast, eager, one process: the parts of
+    the estimate, nanoGPT's batch_size 12, and the largest batch size that fits a card of 12, 16
+    and 24 GiB of which context_gib go to the CUDA context and libraries."""
+    print("| model | parameters | weights, gradients, AdamW state | the same with optimizer=muon | "
+          "activations per sequence | all at batch_size 12 | "
+          + " | ".join(f"largest batch_size, {g} GiB card" for g in cards_gib) + " |")
+    print("| --- " * (6 + len(cards_gib)) + "|")
+    for name, (L, nh, C) in GPT2_SHAPES.items():
+        shape = Shape(L, nh, C, block_size, 50304, False)
+        one, two = estimate(shape, 1, 'bfloat16'), estimate(shape, 2, 'bfloat16')
+        fits = []
+        for g in cards_gib:
+            ok = [b for b in range(1, 129) if estimate(shape, b, 'bfloat16').total <= (g - context_gib) * 2 ** 30]
+            fits.append(str(max(ok)) if ok else 'none')
+        muon = estimate(shape, 1, 'bfloat16', 'muon')
+        print(f"| {name} | {shape.params / 1e6:,.0f}M | {gb(one.fixed)} | {gb(muon.fixed)} | "
+              f"{gb(two.activations - one.activations)} | {gb(estimate(shape, 12, 'bfloat16').total)} | "
+              + " | ".join(fits) + " |")
+
+
+if __name__ == '__main__':
+    table()
