@@ -240,3 +240,37 @@ def test_bench_accepts_train_config_files():
         bench.parse_settings(['--max_iters=3'])  # a training-only setting typed on the command line
     with pytest.raises(UserError, match='fused'):
         bench.main(['--fused=maybe', '--device=cpu'])
+
+
+TINY_BENCH = ['--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=16', '--batch_size=2',
+              '--gradient_accumulation_steps=1', '--warmup=0', '--iters=1', '--device=cpu', '--peak_flops=1e12']
+CONFIGS = sorted(f for f in os.listdir(os.path.join(PROJECT, 'config')) if f.endswith('.py'))
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_bench_runs_every_train_config(config, capsys):
+    """Every config train.py accepts, bench.py accepts too, resolving what train.py resolves (the
+    optimizer 'auto' included); tiny shapes on the command line keep each run to a fraction of a second."""
+    import bench
+    from nanogpt.optim import resolve_optimizer
+    results = bench.main([f'config/{config}', *TINY_BENCH, '--dtype=float32', '--compile=False'])
+    assert len(results) == 1 and results[0]['dt'] > 0 and '<- chosen' in capsys.readouterr().out
+    c = bench.parse_settings([f'config/{config}'])
+    assert results[0]['setup'].optimizer == resolve_optimizer(c.optimizer, 'cpu')
+
+
+def test_bench_command_on_the_cpu_recipe():
+    """The CPU recipe's config as typed, dtype measured as train.py measures it (compile off: a
+    C++ compile would take this suite's budget)."""
+    r = run_script('bench.py', 'config/train_shakespeare_char_cpu.py', *TINY_BENCH, '--compile=False',
+                   env={'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'Traceback' not in r.stderr
+    assert 'using optimizer: ' in r.stdout and 'auto dtype/compile: ' in r.stdout, r.stdout
+    assert '<- chosen' in r.stdout
+
+
+def test_bench_refuses_a_negative_seed():
+    import bench
+    with pytest.raises(UserError, match=r'seed must be an integer from 0 to 2\*\*63-1, got -1'):
+        bench.main(['--seed=-1', '--device=cpu'])
