@@ -27,7 +27,8 @@ from model import GPT, GPTConfig
 from nanogpt import autotune, cpu, devices
 from nanogpt.engine import Engine
 from nanogpt.errors import UserError, run_cli
-from nanogpt.optim import build_optimizer
+from nanogpt.optim import build_optimizer, resolve_optimizer
+from nanogpt.settings import check_seed
 
 # -----------------------------------------------------------------------------------------------
 mode = 'train'  # 'train' or 'sample'
@@ -53,7 +54,7 @@ device = 'auto'
 dtype = 'auto'
 compile = 'auto'
 fused = 'auto'  # fused AdamW: auto (where torch has it), True or False
-optimizer = 'adamw'  # or 'muon' (see train.py); --sweep=True times the other one too
+optimizer = 'adamw'  # or 'muon', or 'auto' as train.py resolves it; --sweep=True times the other one too
 muon_lr = 0.02
 peak_flops = 0.0  # FLOP/s that MFU compares against; 0 = GPU table or a measured matmul peak
 seed = 1337
@@ -167,8 +168,10 @@ def bench_train(c, dev, setups):
 
 
 def chosen_setup(c, dev, device_type):
-    """What train.py would run with these settings: dtype and compile measured on a CPU
-    (autotune.py, for a run of the config file's max_iters or time_budget), by rule elsewhere."""
+    """What train.py would run with these settings: the optimizer ('auto' resolved as train.py
+    resolves it), dtype and compile measured on a CPU (autotune.py, for a run of the config
+    file's max_iters or time_budget), by rule elsewhere."""
+    optimizer = resolve_optimizer(c.optimizer, device_type, dev)
     if device_type == 'cpu' and 'auto' in (c.dtype, c.compile):
         fixed = devices.resolve_dtype(c.dtype, device_type) if c.dtype != 'auto' else 'auto'
         why_not = devices.compile_unavailable(device_type)
@@ -180,7 +183,7 @@ def chosen_setup(c, dev, device_type):
         dtype = devices.resolve_dtype(c.dtype, device_type, device=dev)
         compile_, math_attention = devices.resolve_compile(c.compile, device_type), False
     fused = device_type in ('cpu', 'cuda') if c.fused == 'auto' else c.fused  # as configure_optimizers
-    return Setup(dtype, compile_, fused, c.optimizer, math=math_attention)
+    return Setup(dtype, compile_, fused, optimizer, math=math_attention)
 
 
 def parse_settings(argv):
@@ -238,6 +241,7 @@ def bench_sample(c, dev, shape, max_new_tokens):
 
 def main(argv=None):
     c = parse_settings(sys.argv[1:] if argv is None else argv)
+    check_seed(c.seed)
     dev = devices.resolve_device(c.device)
     device_type = devices.device_type_of(dev)
     if c.mode == 'sample':
@@ -276,8 +280,8 @@ def main(argv=None):
         raise UserError(f"iters must be at least 1 and warmup 0 or more, got {c.iters} and {c.warmup}")
     if c.fused not in ('auto', True, False):
         raise UserError(f"fused must be True, False or auto, got {c.fused!r}")
-    if c.optimizer not in ('adamw', 'muon'):
-        raise UserError(f"unknown optimizer {c.optimizer!r}: use adamw or muon")
+    if c.optimizer not in ('adamw', 'muon', 'auto'):
+        raise UserError(f"unknown optimizer {c.optimizer!r}: use adamw, muon or auto (e.g. --optimizer=adamw)")
     torch.backends.cuda.matmul.allow_tf32 = True  # as train.py
     torch.backends.cudnn.allow_tf32 = True
     with torch.device('meta'):  # the FLOPs of one iteration, without allocating the model
@@ -290,10 +294,10 @@ def main(argv=None):
         can_compile = not devices.compile_unavailable(device_type)
         for d in dict.fromkeys(['float32', chosen.dtype] + (['bfloat16'] if devices.cpu_has_bf16_units() else [])):
             for comp in ([False, True] if can_compile else [False]):
-                setups.append(Setup(d, comp, chosen.fused, c.optimizer))
+                setups.append(Setup(d, comp, chosen.fused, chosen.optimizer))
             if device_type == 'cpu' and d != 'float32' and c.dropout == 0:
-                setups.append(Setup(d, False, chosen.fused, c.optimizer, math=True))
-        other = 'muon' if c.optimizer == 'adamw' else 'adamw'
+                setups.append(Setup(d, False, chosen.fused, chosen.optimizer, math=True))
+        other = 'muon' if chosen.optimizer == 'adamw' else 'adamw'
         setups.append(chosen._replace(optimizer=other))
         setups = list(dict.fromkeys(setups))  # each once, in order
     print(f"training step: {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads, batch "

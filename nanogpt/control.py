@@ -35,9 +35,18 @@ class TimeBudget:
     an evaluation that falls due and the closing evaluation and save would not all fit in what
     is left. `progress()` is the schedule's position: 0 at the first training iteration, 1 when
     the time left is only what the closing evaluation and save need.
+
+    The closing work is computation like the iterations, and slows with them: when another
+    process takes the cores, an evaluation measured before takes several times as long. So its
+    reserve is the last measured evaluation and save, scaled by how much slower the recent
+    iterations run than the ones just before that evaluation (`slowdown()`), never scaled down.
     """
 
     MARGIN = 0.01  # of the budget, kept free for printing, closing files and exiting
+    # Iterations whose median is the current pace. Three: two slow ones in a row move it and a
+    # single hiccup does not; and on CUDA, where only every log_interval-th iteration waits for
+    # the GPU (its time holds the queued ones too), one such iteration among three moves nothing.
+    RECENT = 3
 
     def __init__(self, seconds, t0=None, spent=0.0, start=None, clock=time.time):
         self.seconds = float(seconds)
@@ -45,16 +54,29 @@ class TimeBudget:
         self.t0 = clock() if t0 is None else t0  # when this process's share began
         self.spent_before = float(spent)  # by the runs this one resumes
         self.start = start  # spent() at the first training iteration of the first run
-        self.eval_s = self.save_s = None  # the last measured durations
+        self._eval_s = self.save_s = None  # the last measured durations
+        self.eval_pace = None  # recent_s when that evaluation ran (or, after step 0's, once known)
         self.save_guess_s = 1.0
         self.iter_times = []  # this process's iteration times, the first (warm-up, compilation) apart
         self.closed = False  # the budget ended the run (stored: resuming with no more time is refused)
 
     FEW_ITERATIONS = 500  # fewer than this in a whole budget: the model is too big for it
 
+    @property
+    def eval_s(self):
+        """Seconds the last evaluation took (None before one); setting it records the pace then."""
+        return self._eval_s
+
+    @eval_s.setter
+    def eval_s(self, seconds):
+        self._eval_s = seconds
+        self.eval_pace = self.recent_s  # None at step 0: iter_done fills it in once known
+
     def iter_done(self, seconds):
         self.iter_times.append(seconds)
         del self.iter_times[1:-9]  # keep the first and the 9 newest
+        if self._eval_s is not None and self.eval_pace is None:
+            self.eval_pace = self.recent_s  # step 0's evaluation: the pace that followed it
         if len(self.iter_times) == 6:  # once, when the pace is known
             pace = self.iter_s
             fits = (self.seconds - (self.start or 0.0)) / pace if pace else None
@@ -70,6 +92,23 @@ class TimeBudget:
         recent = sorted(self.iter_times[1:] or self.iter_times)
         return recent[len(recent) // 2] if recent else None
 
+    @property
+    def recent_s(self):
+        """The median of the RECENT newest iterations (the first one apart); None before there are
+        that many."""
+        recent = sorted(self.iter_times[1:][-self.RECENT:])
+        return recent[len(recent) // 2] if len(recent) == self.RECENT else None
+
+    def slowdown(self):
+        """How many times slower the recent iterations run than those before the last measured
+        evaluation; 1 when they do not, or before that is known."""
+        now, then = self.recent_s, self.eval_pace
+        return max(1.0, now / then) if now and then else 1.0
+
+    def next_iter_s(self):
+        """Seconds the next iteration is expected to take: the usual pace, or the recent one if slower."""
+        return max(self.iter_s or 0.0, self.recent_s or 0.0)
+
     def spent(self):
         return self.spent_before + self.clock() - self.t0
 
@@ -82,23 +121,24 @@ class TimeBudget:
             self.start = self.spent() if at is None else self.spent_before + at - self.t0
 
     def eval_estimate(self, eval_iters, grad_accum):
-        """Seconds for one evaluation: measured, or before the first one a guess from the
-        iteration time (2 splits x eval_iters forward passes, each about a third of a micro-step)."""
+        """Seconds for one evaluation at the recent pace: the last one measured, scaled by the
+        slowdown since, or before the first one a guess from the iteration time (2 splits x
+        eval_iters forward passes, each about a third of a micro-step)."""
         if self.eval_s is not None:
-            return self.eval_s
+            return self.eval_s * self.slowdown()
         if self.iter_s is not None:
-            return 1.5 * 2 * eval_iters * self.iter_s / grad_accum / 3
+            return 1.5 * 2 * eval_iters * self.next_iter_s() / grad_accum / 3
         return 0.0
 
     def reserve(self, eval_iters, grad_accum):
         """Seconds the closing evaluation, the save and the exit need."""
         save = self.save_s if self.save_s is not None else self.save_guess_s
-        return self.eval_estimate(eval_iters, grad_accum) + save + self.MARGIN * self.seconds
+        return self.eval_estimate(eval_iters, grad_accum) + save * self.slowdown() + self.MARGIN * self.seconds
 
     def must_close(self, eval_due, eval_iters, grad_accum):
-        need = (self.iter_s or 0.0) + self.reserve(eval_iters, grad_accum)
+        need = self.next_iter_s() + self.reserve(eval_iters, grad_accum)
         if eval_due:  # an evaluation (and maybe a save) before that iteration
-            need += self.eval_estimate(eval_iters, grad_accum) + (self.save_s or 0.0)
+            need += self.eval_estimate(eval_iters, grad_accum) + (self.save_s or 0.0) * self.slowdown()
         self.closed = self.left() < need
         return self.closed
 

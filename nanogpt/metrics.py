@@ -10,6 +10,7 @@ import os
 import time
 
 from . import devices
+from .errors import warn_once
 
 
 def format_duration(s):
@@ -33,9 +34,16 @@ class Metrics:
             if master else None
         self.wandb = None
         if c.wandb_log and master:
-            import wandb
-            wandb.init(project=c.wandb_project, name=c.wandb_run_name, config=config)
-            self.wandb = wandb
+            try:
+                import wandb
+            except ImportError:
+                # a warning, not an error: metrics.jsonl records every number wandb would get (plot.py
+                # draws them), and config/train_gpt2.py, as the original's, turns wandb on
+                warn_once("wandb_log=True but wandb is not installed: this run logs to metrics.jsonl "
+                          "only (pip install wandb to log there too, or --wandb_log=False)")
+            else:
+                wandb.init(project=c.wandb_project, name=c.wandb_run_name, config=config)
+                self.wandb = wandb
 
     def start(self):
         """Start the run's clock (elapsed times count from here); returns the time."""

@@ -14,6 +14,8 @@ import sys
 import time
 from dataclasses import dataclass, replace
 
+import torch
+
 from . import devices, distributed
 from .checkpoint import pid_alive
 from .errors import UserError, warn_once
@@ -47,8 +49,25 @@ class Run:
         return replace(self, **changes)
 
 
+SEED_MAX = 2 ** 63 - 1  # seed + rank must suit torch.manual_seed (up to 2**64 - 1) and numpy (0 and up)
+FSDP_MIN_TORCH = (2, 6)  # torch.distributed.fsdp.fully_shard (FSDP2) is public from torch 2.6
+
+
+def check_seed(seed):
+    """The seed seeds torch's generators and, on a CPU, numpy's dropout masks (nanogpt/cpu.py),
+    which take no negative number: one range for both, checked before anything is seeded."""
+    if not 0 <= seed <= SEED_MAX:
+        raise UserError(f"seed must be an integer from 0 to 2**63-1, got {seed} (e.g. --seed=1337)")
+
+
+def torch_version():
+    """(major, minor) of the installed torch: '2.6.0+cu124' -> (2, 6)."""
+    return tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2])
+
+
 def check(c, defaults):
     """Range checks of train.py's settings `c`, with messages that say how to fix the value."""
+    check_seed(c.seed)
     for k in ('batch_size', 'block_size', 'eval_iters', 'eval_interval', 'log_interval',
               'gradient_accumulation_steps', 'n_layer', 'n_head', 'n_embd'):
         if getattr(c, k) < 1:
@@ -80,6 +99,11 @@ def check(c, defaults):
         # torch.optim.Muon orthogonalises each update as one matrix; FSDP holds only a shard of it
         raise UserError("optimizer=muon cannot run with fsdp=True (Muon needs each weight matrix whole, "
                         "FSDP shards it): use --fsdp=False (DDP) or --optimizer=adamw")
+    if c.fsdp and int(os.environ.get('RANK', -1)) != -1 and torch_version() < FSDP_MIN_TORCH:
+        # before torch 2.6 fully_shard lived in a private module whose API was still changing
+        raise UserError(f"fsdp=True needs torch {'.'.join(map(str, FSDP_MIN_TORCH))} or later (FSDP2's "
+                        f"torch.distributed.fsdp.fully_shard); this is torch {torch.__version__}: "
+                        f"pip install 'torch>=2.6', or use --fsdp=False (DDP)")
     if not 0 <= c.time_budget < math.inf:
         raise UserError(f"time_budget must be 0 (off) or a number of seconds, got {c.time_budget} "
                         f"(e.g. --time_budget=300)")

@@ -2,7 +2,8 @@
 interface. Every test launches the real `python -m torch.distributed.run`; nothing is mocked.
 
 Run as a script under torchrun, this file is also the worker of the DDP-equivalence test and of the
-thread test (train.py's main() in-process)."""
+thread test (train.py's main() in-process; the equivalence worker also records the batches it drew,
+for one process to replay)."""
 
 import glob
 import os
@@ -22,9 +23,6 @@ TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--np
 ENV = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='',
            **({'GLOO_SOCKET_IFNAME': 'lo'} if os.path.exists('/sys/class/net/lo') else {}))
 
-# the equivalence test: STEPS optimizer steps of MICRO micro-batches each
-STEPS, MICRO, BATCH, T, VOCAB = 3, 4, 2, 16, 23
-
 
 def torchrun(*args, timeout=120, log_dir=None):
     """`torchrun --standalone --nproc_per_node=2 <args>` from the project root, output captured.
@@ -34,92 +32,112 @@ def torchrun(*args, timeout=120, log_dir=None):
                           text=True, timeout=timeout)
 
 
-def small_gpt(seed):
-    from model import GPT, GPTConfig
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=T, vocab_size=VOCAB, bias=False))
+def recording_batches(train, drawn):
+    """Make train.py's get_batch also append each training batch it returns to `drawn` (the
+    evaluation's batches, drawn in estimate_loss, are not recorded). The run is otherwise unchanged."""
+    original = train.get_batch
+
+    def get_batch(data, c, run):
+        x, y = original(data, c, run)
+        if sys._getframe(1).f_code.co_name != 'estimate_loss':
+            drawn.append((x.clone(), y.clone()))
+        return x, y
+    train.get_batch = get_batch
+    return original
 
 
-def fixed_batches():
-    g = torch.Generator().manual_seed(0)
-    return [[torch.randint(VOCAB, (2, BATCH, T), generator=g) for _ in range(MICRO)] for _ in range(STEPS)]
+def equivalence_worker(out_dir, data, optimizer, accum, record):
+    """train.py's main() under torchrun, as process RANK, recording the training batches it drew
+    and the losses it computed, for the single-process run to replay."""
+    import train
+    drawn = []
+    recording_batches(train, drawn)
+    summary = train.main(equivalence_args(out_dir, data, optimizer, int(accum)))
+    torch.save({'batches': drawn, 'losses': summary['losses']}, f"{record}.rank{os.environ['RANK']}")
 
 
-def make_optimizer(model, kind='sgd'):
-    # plain SGD: its steps follow the gradients' size, so a wrongly scaled or half-synchronised
-    # gradient shows in the weights (AdamW's normalised steps and clipping would hide the scale).
-    # Muon (train.py's optimizer='muon') checks that its state and steps agree across ranks.
-    if kind == 'muon':
-        from types import SimpleNamespace
-        from nanogpt import optim
-        c = SimpleNamespace(optimizer='muon', learning_rate=1e-2, muon_lr=0.05, muon_momentum=0.95,
-                            weight_decay=0.1, beta1=0.9, beta2=0.95)
-        return optim.build_optimizer(model, c, 'muon', 'cpu')
-    return torch.optim.SGD(model.parameters(), lr=0.5)
+def equivalence_args(out_dir, data, optimizer, accum):
+    # AdamW without clipping: its moment estimates hold the raw gradients, so a gradient averaged
+    # wrongly (summed over processes, or divided by the wrong micro-step count) shows in the
+    # checkpoint even though Adam's normalised steps would hide it in the weights. Muon keeps
+    # train.py's default clipping, which the processes must then compute alike.
+    extra = dict(grad_clip=0.0) if optimizer == 'adamw' else {}
+    return tiny_args(out_dir, data, gradient_accumulation_steps=accum, max_iters=3, eval_interval=3,
+                     always_save_checkpoint=True, optimizer=optimizer, muon_lr=0.05, **extra)
 
 
-def optimizer_step(model, optimizer):
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+def tensors_of(state, prefix=''):
+    """{path: tensor} of every tensor in a (nested) state dict."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, (list, tuple)):
+        items = enumerate(state)
+    else:
+        return {}
+    found = {}
+    for k, v in items:
+        found.update(tensors_of(v, f'{prefix}/{k}'))
+    return found
 
 
-def ddp_worker(out_prefix, kind='sgd'):
-    """Each rank trains on its share of the micro-batches of every step, the way train.py does:
-    seeded with 1337 + rank (DDP must broadcast rank 0's weights), loss divided by the local
-    micro-step count, gradients all-reduced on the last micro-step only. The process group is
-    made and destroyed as train.py does it: destroyed after the DDP model is gone."""
-    from nanogpt import distributed
-    distributed.init_process_group('gloo')
-    ddp_train(out_prefix, kind)
-    distributed.shutdown_distributed()
-
-
-def ddp_train(out_prefix, kind):
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    rank, world = dist.get_rank(), dist.get_world_size()
-    raw = small_gpt(1337 + rank)
-    model = DDP(raw)
-    optimizer = make_optimizer(raw, kind)
-    local = MICRO // world
-    for step in fixed_batches():
-        for m, xy in enumerate(step[rank * local:(rank + 1) * local]):
-            model.require_backward_grad_sync = m == local - 1
-            _, loss = model(xy[0], xy[1])
-            (loss / local).backward()
-        optimizer_step(model, optimizer)
-    torch.save(raw.state_dict(), f'{out_prefix}.rank{rank}.pt')
-
-
-@pytest.mark.parametrize('kind', ['sgd', 'muon'])
-def test_ddp_two_ranks_match_one_process_accumulating(tmp_path, kind):
-    prefix = str(tmp_path / 'weights')
-    r = torchrun(os.path.abspath(__file__), 'ddp_worker', prefix, kind)
+@pytest.mark.parametrize('optimizer, accum', [('muon', 2), ('adamw', 4)])
+def test_ddp_train_py_matches_one_process_fed_the_same_batches(tmp_path, monkeypatch, optimizer, accum):
+    """train.py on 2 processes against train.py on one, with the same total gradient_accumulation_steps.
+    Process r seeds its batches with seed + r, so the one process replays what the two drew:
+    its micro-step M of each iteration gets the batch that process M // (accum/2) used for its
+    micro-step M % (accum/2). With one micro-step per process (accum 2) the arithmetic is the same
+    sums in the same order, and the checkpoints must be equal bit for bit (Muon's bfloat16
+    orthogonalisation included); with two (accum 4, the first without an all-reduce) each process
+    adds its two gradients before the all-reduce adds the processes' sums, one association away
+    from the single process's running sum, so they agree to float32 rounding."""
+    import train
+    data = make_char_dataset(tmp_path / 'toy', n_chars=6000)
+    record = str(tmp_path / 'record')
+    r = torchrun(os.path.abspath(__file__), 'equivalence_worker', str(tmp_path / 'ddp'), data, optimizer,
+                 str(accum), record)
     assert r.returncode == 0, r.stdout + r.stderr
-    w0 = torch.load(f'{prefix}.rank0.pt', weights_only=True)
-    w1 = torch.load(f'{prefix}.rank1.pt', weights_only=True)
-    assert all(torch.equal(w0[k], w1[k]) for k in w0), "the two ranks ended with different weights"
+    ranks = [torch.load(f'{record}.rank{k}', weights_only=True) for k in (0, 1)]
+    local = accum // 2
+    steps = (len(ranks[0]['batches']) - 1) // local  # each process drew one batch ahead
+    assert steps == 4 and all(len(rk['batches']) == 1 + steps * local for rk in ranks)
+    assert not torch.equal(ranks[0]['batches'][0][0], ranks[1]['batches'][0][0])  # seed + rank
 
-    # one process, the same MICRO micro-batches per step accumulated
-    model = small_gpt(1337)
-    start = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = make_optimizer(model, kind)
-    for step in fixed_batches():
-        for xy in step:
-            _, loss = model(xy[0], xy[1])
-            (loss / MICRO).backward()
-        optimizer_step(model, optimizer)
-    ref = model.state_dict()
-    assert set(ref) == set(w0)
-    for k in ref:
-        assert not torch.equal(ref[k], start[k]), f"{k} did not train"
-        if kind == 'muon':
-            # Muon orthogonalises in bfloat16 (torch.optim.Muon): the last-bit differences of
-            # all-reduced against accumulated gradients come out as bf16 rounding of each update
-            moved = (ref[k] - start[k]).abs().max().item()
-            assert (w0[k] - ref[k]).abs().max().item() <= 0.03 * moved, k
-        else:
-            torch.testing.assert_close(w0[k], ref[k], rtol=1e-4, atol=1e-5, msg=lambda m: f"{k}: {m}")
+    stream = [ranks[m // local]['batches'][i * local + m % local] for i in range(steps) for m in range(accum)]
+    stream.append(ranks[0]['batches'][-1])  # drawn after the last micro-step, never used
+    replay = iter(stream)
+    original = train.get_batch
+
+    def get_batch(data, c, run):
+        if sys._getframe(1).f_code.co_name == 'estimate_loss':
+            return original(data, c, run)  # evaluations do not change the weights
+        return next(replay)
+    monkeypatch.setattr(train, 'get_batch', get_batch)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of the 2 processes: the same kernels
+    try:
+        summary = train.main(equivalence_args(str(tmp_path / 'one'), data, optimizer, accum))
+    finally:
+        torch.set_num_threads(threads)
+    assert next(replay, None) is None, "the single process drew another number of batches"
+
+    ddp = torch.load(tmp_path / 'ddp' / 'ckpt.pt', weights_only=True)
+    one = torch.load(tmp_path / 'one' / 'ckpt.pt', weights_only=True)
+    assert ddp['iter_num'] == one['iter_num'] == 3
+    got, want = tensors_of([ddp['model'], ddp['optimizer']]), tensors_of([one['model'], one['optimizer']])
+    assert set(got) == set(want) and len(got) > 20
+    # each iteration's loss: the last micro-step's, on the batch that process 1 used last
+    assert sorted(summary['losses']) == sorted(ranks[1]['losses']) == list(range(steps))
+    if accum == 2:
+        assert [k for k in got if not torch.equal(got[k], want[k])] == []
+        assert summary['losses'] == ranks[1]['losses']
+    else:
+        for k in got:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-7, msg=lambda m: f"{k}: {m}")
+        assert summary['losses'] == pytest.approx(ranks[1]['losses'], rel=1e-6)
+    moments = [v for k, v in got.items() if k.endswith(('exp_avg', 'momentum_buffer'))]
+    assert moments and all(v.abs().sum() > 0 for v in moments)  # gradients reached every optimizer state
 
 
 def test_torchrun_ddp_then_fsdp_resume_then_sample(tmp_path):
@@ -174,7 +192,7 @@ def test_torchrun_muon_with_a_time_budget(tmp_path):
     out = tmp_path / 'out'
     r = torchrun('train.py', *tiny_args(str(out), data, gradient_accumulation_steps=2, max_iters=10 ** 6,
                                          eval_interval=10 ** 6, lr_decay_iters=1000, optimizer='muon',
-                                         time_budget=6, log_interval=10))
+                                         time_budget=6, log_interval=10, always_save_checkpoint=True))
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count('iterations fitted in the 0m06s budget') == 1
     ckpt = torch.load(out / 'ckpt.pt', weights_only=True)
@@ -271,9 +289,7 @@ def test_a_rank_killed_ends_the_job_and_keeps_the_checkpoint(tmp_path):
         pids = rank_pids(str(out))
         assert set(pids) == {0, 1}, pids
         os.kill(pids[1], signal.SIGKILL)
-        killed = time.time()
-        proc.wait(timeout=60)
-        took = time.time() - killed
+        proc.wait(timeout=90)  # a hang guard, not a speed claim: the job must end by itself
         survivors = rank_pids(str(out))  # looked for before the clean-up below
     finally:
         if proc.poll() is None:  # the test failed midway: torchrun stops its ranks on SIGTERM
@@ -289,14 +305,13 @@ def test_a_rank_killed_ends_the_job_and_keeps_the_checkpoint(tmp_path):
         output = log.read()
         log.close()
     assert proc.returncode != 0, output
-    assert took < 45, f"the job took {took:.0f}s to end after a rank died"
     assert survivors == {}, "a rank outlived the job"
     ckpt = torch.load(out / 'ckpt.pt', weights_only=True)  # complete and loadable
     assert ckpt['iter_num'] > 0 and ckpt['iter_num'] % 2 == 0
     assert not [f for f in os.listdir(out) if '.tmp' in f]
 
 
-if __name__ == '__main__' and sys.argv[1:2] == ['ddp_worker']:
-    ddp_worker(sys.argv[2], sys.argv[3])
+if __name__ == '__main__' and sys.argv[1:2] == ['equivalence_worker']:
+    equivalence_worker(*sys.argv[2:7])
 if __name__ == '__main__' and sys.argv[1:2] == ['train_worker']:
     train_worker(sys.argv[2], sys.argv[3], sys.argv[4] == 'True', sys.argv[5])

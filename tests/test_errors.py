@@ -24,7 +24,7 @@ ONE_THREAD = {'OMP_NUM_THREADS': '1'}
 IN_PROCESS = {'missing val.bin, named prepare script', 'empty file', 'meta.pkl not a pickle', 'block_size -1',
               'max_iters -1', 'eval_iters 0', 'gradient_accumulation_steps 0', 'empty lr decay span',
               'cuda absent', 'mps absent', 'out_dir in /proc', 'larger block_size', 'sample only last.pt',
-              'sample truncated ckpt.pt'}
+              'sample truncated ckpt.pt', 'seed 2**64'}
 
 
 def check(case, script, args, expected):
@@ -122,6 +122,7 @@ SETTING_CASES = {
     'mps absent': ({'device': 'mps'}, ["'mps' requested", '--device=cpu']),
     'out_dir under a file': ({'out_dir': '/etc/hostname/out'}, ['cannot write to out_dir', 'Not a directory']),
     'out_dir in /proc': ({'out_dir': '/proc/nanogpt-out'}, ['cannot write to out_dir', '/proc/nanogpt-out']),
+    'seed 2**64': ({'seed': 2 ** 64}, ['seed must be an integer from 0 to 2**63-1, got 18446744073709551616']),
 }
 
 
@@ -195,3 +196,42 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(trained, dataset, 
     assert_one_line_error(r, f'cannot write checkpoint {out}/ckpt.pt', 'is intact', 'disk')
     assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() == before
     assert sorted(os.listdir(out)) == ['ckpt.pt', 'metrics.jsonl']  # no temporary file left behind
+
+
+# ---- a negative seed, wandb missing, FSDP on an older torch: the commands as a user types them ----
+
+def test_negative_seed_is_one_line(tmp_path):
+    """numpy's generator (the CPU dropout masks) takes no negative seed: refused before anything runs."""
+    r = run_script('train.py', 'config/train_shakespeare_char.py', '--seed=-1', f'--out_dir={tmp_path / "out"}',
+                   env=ONE_THREAD)
+    assert_one_line_error(r, 'seed must be an integer from 0 to 2**63-1, got -1', '--seed=1337')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_wandb_log_without_wandb_warns_once_and_trains(dataset, tmp_path):
+    """A directory on PYTHONPATH whose wandb package fails to import as an absent one does: the
+    machine has no wandb, whatever this one has installed."""
+    absent = tmp_path / 'site' / 'wandb'
+    absent.mkdir(parents=True)
+    (absent / '__init__.py').write_text("raise ModuleNotFoundError(\"No module named 'wandb'\", name='wandb')\n")
+    out = tmp_path / 'out'
+    r = run_script('train.py', *tiny_args(str(out), dataset, wandb_log=True, max_iters=2, eval_interval=2),
+                   env=dict(ONE_THREAD, PYTHONPATH=str(tmp_path / 'site')))
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert lines == ['warning: wandb_log=True but wandb is not installed: this run logs to metrics.jsonl only '
+                     '(pip install wandb to log there too, or --wandb_log=False)'], r.stderr[-2000:]
+    assert 'step 2: train loss' in r.stdout
+    assert '"event": "eval", "iter": 2' in (out / 'metrics.jsonl').read_text()
+
+
+def test_fsdp_on_a_torch_before_2_6_is_one_line(dataset, tmp_path):
+    """train.py's own __main__, run by a Python whose torch says it is 2.5.1 (fully_shard is public
+    from 2.6), as process 0 of a torchrun job: refused before the process group is joined."""
+    args = tiny_args(str(tmp_path / 'out'), dataset, fsdp=True)
+    code = ("import runpy, sys, torch; from torch.torch_version import TorchVersion; "
+            f"torch.__version__ = TorchVersion('2.5.1'); sys.argv = {['train.py', *args]!r}; "
+            "runpy.run_path('train.py', run_name='__main__')")
+    r = run_script('-c', code, env=dict(ONE_THREAD, RANK='0', LOCAL_RANK='0', WORLD_SIZE='2'))
+    assert_one_line_error(r, 'fsdp=True needs torch 2.6 or later', 'this is torch 2.5.1', "pip install 'torch>=2.6'",
+                          '--fsdp=False')

