@@ -5,11 +5,14 @@ Sample text from a trained model (out_dir/ckpt.pt) or from OpenAI's GPT-2.
     python sample.py --init_from=gpt2 --start="What is the answer to life?" --max_new_tokens=50
     python sample.py --out_dir=out-shakespeare-char --start=FILE:prompt.txt --stream=True
     python sample.py --out_dir=out-shakespeare-char --temperature=0 --stop=$'\n\n'
+    python sample.py --out_dir=out-mine --tokens=True --start=IDS:0,17   # token ids, no tokenizer needed
 
 Each sample is printed with its prompt, followed by a line of 15 dashes. The same checkpoint,
 seed and settings print the same text. The tokens are drawn by nanogpt/engine.py, with a key/value
 cache; kv_cache=False re-runs the model on the whole context for each token, as the original does,
-and draws the same tokens, slower.
+and draws the same tokens, slower. The tokenizer is the one that belongs to the model: its
+dataset's meta.pkl (characters, or a tiktoken encoding it names), GPT-2 BPE where there is none;
+one that does not fit the model is refused, never used (nanogpt/data.py, tokenizer_for).
 """
 
 import codecs
@@ -22,15 +25,15 @@ import torch
 from configurator import apply_overrides, settings_of
 from model import GPT
 from nanogpt import devices
-from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
-from nanogpt.data import tokenizer_for_dataset
+from nanogpt.checkpoint import init_checkpoint_path, load_checkpoint, model_from_checkpoint
+from nanogpt.data import TokenIds, read_text_file, tokenizer_for
 from nanogpt.engine import Engine, NonFiniteLogitsError
 from nanogpt.errors import UserError, run_cli
 
 # -----------------------------------------------------------------------------------------------
-init_from = 'resume'  # 'resume' (out_dir/ckpt.pt) or a GPT-2 name ('gpt2', 'gpt2-xl', ...)
+init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a checkpoint file, or a GPT-2 name ('gpt2', 'gpt2-xl', ...)
 out_dir = 'out'
-start = "\n"  # the prompt; "FILE:prompt.txt" reads it from a file; "<|endoftext|>" works for GPT-2
+start = "\n"  # the prompt; "FILE:prompt.txt" reads it from a file; "IDS:12,7" gives token ids; "<|endoftext|>" works for GPT-2
 num_samples = 10
 max_new_tokens = 500  # tokens generated per sample
 temperature = 0.8  # 1.0 = the model's distribution, lower = more conservative, 0 = greedy (argmax)
@@ -44,6 +47,7 @@ seed = 1337
 device = 'auto'  # 'cpu', 'cuda', 'cuda:0', 'mps'
 dtype = 'auto'  # 'float32', 'bfloat16', 'float16'; auto: bfloat16 on GPUs and on CPUs with bf16 units
 compile = False  # torch.compile the model (pays only for long generations on GPU)
+tokens = False  # print token ids instead of text (with --start=IDS:..., no tokenizer is needed)
 # -----------------------------------------------------------------------------------------------
 DEFAULTS = settings_of(globals())
 DASHES = '---------------'
@@ -60,56 +64,57 @@ def check_settings(c):
         raise UserError(f"top_k must be at least 1, got {c.top_k} (use the vocabulary size to disable it)")
     if not 0.0 < c.top_p <= 1.0:
         raise UserError(f"top_p must be in (0, 1], got {c.top_p} (1.0 disables it)")
+    if c.tokens and c.stop:
+        raise UserError("stop matches text, and tokens=True prints token ids: drop --stop, or --tokens=False")
 
 
 def load_model(c):
-    """The model and the tokenizer that belongs to it."""
-    if c.init_from == 'resume':
-        if not os.path.isdir(c.out_dir):
+    """The model and the tokenizer that belongs to it (token ids alone with tokens=True)."""
+    named = c.init_from != 'resume' and init_checkpoint_path(c.init_from)  # a ckpt.pt, or an out_dir
+    if c.init_from == 'resume' or named:
+        if not named and not os.path.isdir(c.out_dir):
             raise UserError(f"out_dir {c.out_dir!r} does not exist: train a model first, e.g. "
                             f"python train.py config/train_shakespeare_char.py (writes out-shakespeare-char)")
-        ckpt = load_checkpoint(os.path.join(c.out_dir, 'ckpt.pt'), 'cpu')
+        ckpt = load_checkpoint(named or os.path.join(c.out_dir, 'ckpt.pt'), 'cpu')
         model = model_from_checkpoint(ckpt, dropout=0.0)
         dataset = (ckpt.get('config') or {}).get('dataset')
-        tok = tokenizer_for_dataset(dataset)
     elif c.init_from.startswith('gpt2') or os.path.isdir(c.init_from):
         try:
             model = GPT.from_pretrained(c.init_from, dict(dropout=0.0))
         except (ImportError, OSError, ValueError) as e:  # from_pretrained's one-line messages
             raise UserError(str(e)) from None
-        tok = tokenizer_for_dataset(None)
+        dataset = None  # OpenAI's vocabulary: GPT-2 BPE
     else:
-        raise UserError(f"unknown init_from {c.init_from!r}: use resume or a GPT-2 name (gpt2, gpt2-medium, "
-                        f"gpt2-large, gpt2-xl)")
-    vocab = model.config.vocab_size
-    if tok.kind == 'char' and tok.vocab_size != vocab:
-        raise UserError(f"{tok.meta_path} has vocab_size {tok.vocab_size} but the checkpoint's model has "
-                        f"{vocab}: this tokenizer does not belong to the model (was the dataset re-prepared?)")
-    if tok.kind == 'gpt2' and vocab < tok.vocab_size:
-        raise UserError(f"the model's vocab_size {vocab} is smaller than GPT-2's {tok.vocab_size}, and no "
-                        f"meta.pkl was found for its dataset: restore data/<dataset>/meta.pkl")
+        raise UserError(f"unknown init_from {c.init_from!r}: use resume, a checkpoint (an out_dir or its "
+                        f"ckpt.pt), or a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl)")
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
     if bad:
         raise UserError(f"the checkpoint is broken: non-finite weights in {bad[0]}"
                         f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}")
-    return model, tok
+    # token ids in and out need no tokenizer, so none is looked for (its files may be offline)
+    tok = None if c.tokens and c.start.startswith('IDS:') else tokenizer_for(dataset, model.config.vocab_size)
+    return model, (TokenIds(tok) if c.tokens else tok)
 
 
-def read_prompt(c, tok):
+def read_prompt(c, tok, vocab_size):
     text = c.start
-    if text.startswith('FILE:'):
-        path = text[5:]
-        try:
-            with open(path, 'r', encoding='utf-8') as f:
-                text = f.read()
-        except OSError as e:
-            raise UserError(f"cannot read the prompt file {path!r}: {e.strerror}")
-    ids = tok.encode(text)
+    if text.startswith('IDS:'):
+        given = text[4:].replace(',', ' ').split()
+        ids = [int(t) for t in given if t.isascii() and t.isdigit()]
+        if len(ids) != len(given) or any(i >= vocab_size for i in ids):
+            raise UserError(f"--start=IDS: takes token ids below the model's vocab_size {vocab_size}, separated "
+                            f"by commas, e.g. --start=IDS:0,17; got {text[4:]!r}")
+    else:
+        if text.startswith('FILE:'):
+            text, why = read_text_file(text[5:])
+            if why:
+                raise UserError(f"the prompt file {c.start[5:]!r} {why}: give a UTF-8 text file")
+        ids = tok.encode(text)
     if not ids:
         if tok.eot is None:
-            raise UserError("the prompt is empty and this character vocabulary has no start token: "
-                            "give at least one character, e.g. --start='\\n'")
-        ids = [tok.eot]  # GPT-2 starts documents after <|endoftext|>
+            raise UserError("the prompt is empty and this vocabulary has no start token: give at least one "
+                            "character, e.g. --start='\\n', or token id (--start=IDS:0)")
+        ids = [tok.eot]  # GPT-2 starts documents after <|endoftext|>; prepare_text.py's after its separator
     return ids
 
 
@@ -199,7 +204,7 @@ def main(argv=None):
     model.to(dev)
     dt = devices.resolve_dtype(c.dtype, device_type, device=dev, cpu_bf16=True)
     engine = Engine(model, compile=devices.resolve_compile(c.compile, device_type))
-    ids = read_prompt(c, tok)
+    ids = read_prompt(c, tok, model.config.vocab_size)
     ctx = devices.autocast_ctx(device_type, dt)
     torch.manual_seed(c.seed)  # right before the first sample: draws do not depend on model loading
     if device_type == 'cuda':

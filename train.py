@@ -5,6 +5,8 @@ Train a GPT, on one device or on several (torchrun).
     python train.py config/train_shakespeare_char.py              # the 10.65M model, sized for a GPU
     python train.py config/train_shakespeare_char_cpu.py          # five minutes on a CPU
     python train.py config/train_shakespeare_char.py --init_from=resume   # continue a run
+    python train.py config/train_shakespeare_char_cpu.py --init_from=out-shakespeare-char-cpu \
+        --dataset=mine --out_dir=out-mine      # finetune that model on data/mine (a fresh optimizer)
     torchrun --standalone --nproc_per_node=4 train.py config/train_gpt2.py
 
 The settings are the module-level variables below; config files and --key=value override them
@@ -49,7 +51,7 @@ log_interval = 1
 eval_iters = 200
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # write ckpt.pt at every evaluation, not only when val loss improves
-init_from = 'scratch'  # 'scratch', 'resume' or a GPT-2 name ('gpt2', 'gpt2-medium', ...) or HF directory
+init_from = 'scratch'  # 'scratch', 'resume', a checkpoint to finetune (out_dir or ckpt.pt), a GPT-2 name or HF directory
 # wandb logging
 wandb_log = False
 wandb_project = 'owt'
@@ -143,8 +145,9 @@ def estimate_loss(model, data, ctx, c, run, ctl):
 
 def init_model(c, ckpt, vocab_size):
     """The model to train, on the CPU: a new one (vocab_size from the dataset's meta.pkl, or
-    GPT-2's), the resumed checkpoint's, or OpenAI's GPT-2; cropped to block_size. Returns the
-    model and model_args, the arguments a checkpoint stores to rebuild it."""
+    GPT-2's), the resumed checkpoint's, another run's checkpoint (its weights only: a fresh
+    optimizer, iteration 0), or OpenAI's GPT-2; cropped to block_size. Returns the model and
+    model_args, the arguments a checkpoint stores to rebuild it."""
     model_args = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.block_size,
                       bias=c.bias, vocab_size=None, dropout=c.dropout)
     if c.init_from == 'scratch':
@@ -156,14 +159,15 @@ def init_model(c, ckpt, vocab_size):
     elif c.init_from == 'resume':
         print(f"Resuming training from {ckpt['path']} (iter {ckpt['iter_num']})")
         model = checkpoint.model_from_checkpoint(ckpt, dropout=c.dropout)
-        model_args.update({k: getattr(model.config, k) for k in checkpoint.ARCH_KEYS})
+    elif checkpoint.init_checkpoint_path(c.init_from):
+        model = checkpoint.start_from(c)  # checks that its vocabulary is the dataset's
     else:
         print(f"Initializing from OpenAI GPT-2 weights: {c.init_from}")
         try:
             model = GPT.from_pretrained(c.init_from, dict(dropout=c.dropout))
         except (ImportError, OSError, ValueError) as e:  # from_pretrained's one-line messages
             raise UserError(str(e)) from None
-        model_args.update({k: getattr(model.config, k) for k in checkpoint.ARCH_KEYS})
+    model_args.update({k: getattr(model.config, k) for k in checkpoint.ARCH_KEYS})  # the model's own shape
     # crop down the model's block size, if asked for
     if c.block_size < model.config.block_size:
         model.crop_block_size(c.block_size)

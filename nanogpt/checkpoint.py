@@ -129,6 +129,35 @@ def load_checkpoint(path, device='cpu'):
     return ckpt
 
 
+def init_checkpoint_path(init_from):
+    """The checkpoint file that init_from names for a new run to start from: the file itself
+    (out-x/ckpt.pt), or in a train.py out_dir its ckpt.pt (the best model), else its last.pt.
+    None when init_from names no checkpoint (scratch, resume, a GPT-2 name or directory)."""
+    if os.path.isfile(init_from):
+        return init_from
+    return next((p for p in (os.path.join(init_from, n) for n in ('ckpt.pt', 'last.pt')) if os.path.isfile(p)), None)
+
+
+def start_from(c):
+    """train.py's init_from=<checkpoint or out_dir>: that model's weights, to train on c.dataset
+    from iteration 0 with a fresh optimizer (finetuning your own model on new text). The model
+    keeps its shape; its token ids must mean what the new dataset's mean (nanogpt/data.py)."""
+    from .data import check_same_vocabulary
+    path = init_checkpoint_path(c.init_from)
+    ckpt = load_checkpoint(path)
+    source = (ckpt.get('config') or {}).get('dataset')
+    print(f"Initializing from {path} ({ckpt.get('iter_num', '?')} iterations on {source}): its weights, "
+          f"a fresh optimizer, iteration 0")
+    check_same_vocabulary(source, c.dataset, path)
+    model = model_from_checkpoint(ckpt, dropout=c.dropout)
+    differ = [k for k in ('n_layer', 'n_head', 'n_embd', 'bias') if getattr(model.config, k) != getattr(c, k)]
+    if differ:
+        print(f"note: the model keeps the shape it was trained with "
+              f"({', '.join(f'{k}={getattr(model.config, k)}' for k in differ)}), not the settings' "
+              f"({', '.join(f'{k}={getattr(c, k)}' for k in differ)})")
+    return model
+
+
 def clean_state_dict(state_dict):
     """Strip the prefixes that torch.compile ('_orig_mod.') and DDP ('module.') add to keys, in
     any nesting (DDP around a compiled model gives 'module._orig_mod.')."""

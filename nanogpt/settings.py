@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from . import devices, distributed
+from . import checkpoint, devices, distributed
 from .checkpoint import pid_alive
 from .errors import UserError, warn_once
 
@@ -107,9 +107,26 @@ def check(c, defaults):
     if not 0 <= c.time_budget < math.inf:
         raise UserError(f"time_budget must be 0 (off) or a number of seconds, got {c.time_budget} "
                         f"(e.g. --time_budget=300)")
-    if not (c.init_from in ('scratch', 'resume') or c.init_from.startswith('gpt2') or os.path.isdir(c.init_from)):
-        raise UserError(f"unknown init_from {c.init_from!r}: use scratch, resume, gpt2, gpt2-medium, "
-                        f"gpt2-large, gpt2-xl or a Hugging Face GPT-2 directory")
+    if c.init_from not in ('scratch', 'resume'):
+        check_init_from(c.init_from, c.out_dir)
+
+
+def check_init_from(init_from, out_dir):
+    """init_from names a checkpoint to start from (not the one this run will write over), a GPT-2
+    name, or a Hugging Face GPT-2 directory."""
+    path = checkpoint.init_checkpoint_path(init_from)
+    if path and os.path.abspath(os.path.dirname(path)) == os.path.abspath(out_dir):
+        raise UserError(f"init_from={init_from} is in out_dir {out_dir!r}, which this run writes to: give the new "
+                        f"run another --out_dir, or continue that one with --init_from=resume")
+    if path or init_from.startswith('gpt2') and not os.path.isdir(init_from):
+        return
+    if os.path.isdir(init_from) and not os.path.isfile(os.path.join(init_from, 'config.json')):
+        raise UserError(f"init_from={init_from} is a folder with no ckpt.pt or last.pt (a train.py out_dir) and no "
+                        f"config.json (a Hugging Face GPT-2 directory): train a model there first, or name another")
+    if not os.path.isdir(init_from):
+        what = f"no checkpoint at {init_from}" if init_from.endswith('.pt') else f"unknown init_from {init_from!r}"
+        raise UserError(f"{what}: use scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl, a Hugging Face "
+                        f"GPT-2 directory, or a checkpoint to start from (an out_dir or its ckpt.pt)")
 
 
 def resolve(c):

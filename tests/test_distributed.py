@@ -37,8 +37,8 @@ def recording_batches(train, drawn):
     evaluation's batches, drawn in estimate_loss, are not recorded). The run is otherwise unchanged."""
     original = train.get_batch
 
-    def get_batch(data, c, run):
-        x, y = original(data, c, run)
+    def get_batch(data, c, run, batches=1):
+        x, y = original(data, c, run, batches)
         if sys._getframe(1).f_code.co_name != 'estimate_loss':
             drawn.append((x.clone(), y.clone()))
         return x, y
@@ -109,9 +109,9 @@ def test_ddp_train_py_matches_one_process_fed_the_same_batches(tmp_path, monkeyp
     replay = iter(stream)
     original = train.get_batch
 
-    def get_batch(data, c, run):
+    def get_batch(data, c, run, batches=1):
         if sys._getframe(1).f_code.co_name == 'estimate_loss':
-            return original(data, c, run)  # evaluations do not change the weights
+            return original(data, c, run, batches)  # evaluations do not change the weights
         return next(replay)
     monkeypatch.setattr(train, 'get_batch', get_batch)
     threads = torch.get_num_threads()

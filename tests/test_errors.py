@@ -24,7 +24,8 @@ ONE_THREAD = {'OMP_NUM_THREADS': '1'}
 IN_PROCESS = {'missing val.bin, named prepare script', 'empty file', 'meta.pkl not a pickle', 'block_size -1',
               'max_iters -1', 'eval_iters 0', 'gradient_accumulation_steps 0', 'empty lr decay span',
               'cuda absent', 'mps absent', 'out_dir in /proc', 'larger block_size', 'sample only last.pt',
-              'sample truncated ckpt.pt', 'seed 2**64'}
+              'sample truncated ckpt.pt', 'seed 2**64', 'init_from in its own out_dir', 'init_from with a larger block_size',
+              'init_from a missing .pt', 'init_from a folder without a checkpoint'}
 
 
 def check(case, script, args, expected):
@@ -235,3 +236,35 @@ def test_fsdp_on_a_torch_before_2_6_is_one_line(dataset, tmp_path):
     r = run_script('-c', code, env=dict(ONE_THREAD, RANK='0', LOCAL_RANK='0', WORLD_SIZE='2'))
     assert_one_line_error(r, 'fsdp=True needs torch 2.6 or later', 'this is torch 2.5.1', "pip install 'torch>=2.6'",
                           '--fsdp=False')
+def swap_two_characters(d):
+    """The same characters, two of them numbered the other way round: another vocabulary."""
+    with open(d / 'meta.pkl', 'rb') as f:
+        meta = pickle.load(f)
+    a, b = meta['itos'][3], meta['itos'][5]
+    meta['itos'][3], meta['itos'][5], meta['stoi'][a], meta['stoi'][b] = b, a, 5, 3
+    write_meta(d, meta)
+
+
+INIT_FROM_CASES = {  # train.py --init_from=<a checkpoint or out_dir>: what does not fit is one line
+    'init_from another vocabulary': (
+        lambda t, d, tmp: (t, dict(dataset=broken_dataset(tmp, d, swap_two_characters))),
+        ['does not number its tokens as', 'is token 5 here and 3 there', 'python data/prepare_text.py', '--vocab=']),
+    'init_from in its own out_dir': (lambda t, d, tmp: (os.path.join(t, 'ckpt.pt'), dict(out_dir=t)),
+                                     ['is in out_dir', 'another --out_dir', '--init_from=resume']),
+    'init_from with a larger block_size': (lambda t, d, tmp: (t, dict(block_size=64)),
+                                           ['block_size=64 is more than the 32 positions', '--block_size=32']),
+    'init_from a missing .pt': (lambda t, d, tmp: (str(tmp / 'nope.pt'), {}), ['no checkpoint at', 'nope.pt']),
+    'init_from a folder without a checkpoint': (lambda t, d, tmp: (str(tmp), {}),
+                                                ['a folder with no ckpt.pt or last.pt', 'no config.json']),
+}
+
+
+@pytest.mark.parametrize('case', list(INIT_FROM_CASES))
+def test_bad_init_from_checkpoint(case, trained, dataset, tmp_path):
+    make, expected = INIT_FROM_CASES[case]
+    init_from, overrides = make(trained, dataset, tmp_path)
+    overrides.setdefault('out_dir', str(tmp_path / 'new'))
+    overrides.setdefault('dataset', dataset)
+    check(case, 'train.py', tiny_args(init_from=init_from, **overrides), expected)
+    if case == 'init_from in its own out_dir':
+        assert sorted(os.listdir(trained)) == ['ckpt.pt', 'metrics.jsonl']  # nothing written over

@@ -42,13 +42,13 @@ def stop_at_fetch(monkeypatch, fetch, times=1, signum=signal.SIGTERM):
     original = train.get_batch
     count = [0]
 
-    def get_batch(data, c, run):
+    def get_batch(data, c, run, batches=1):
         if sys._getframe(1).f_code.co_name == 'train':  # a training batch, not an evaluation's
             count[0] += 1
             if count[0] == fetch:
                 for _ in range(times):
                     signal.raise_signal(signum)
-        return original(data, c, run)
+        return original(data, c, run, batches)
     monkeypatch.setattr(train, 'get_batch', get_batch)
     return lambda: monkeypatch.setattr(train, 'get_batch', original)
 

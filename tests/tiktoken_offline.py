@@ -9,6 +9,7 @@ the real tiktoken code run offline, unchanged.
     from tiktoken_offline import seed_cache, offline_env
     seed_cache(tmp_dir)                       # this process (sets os.environ['TIKTOKEN_CACHE_DIR'])
     run_script('sample.py', ..., env=offline_env(tmp_dir))   # a subprocess
+    run_script('sample.py', ..., env=no_network_env(empty_dir))   # a subprocess whose download fails
 """
 
 import hashlib
@@ -54,3 +55,12 @@ def seed_cache(cache_dir, set_env=True):
 def offline_env(cache_dir):
     """Environment additions for a subprocess that must use the seeded cache."""
     return {'TIKTOKEN_CACHE_DIR': str(cache_dir)}
+
+
+def no_network_env(cache_dir):
+    """Environment additions for a subprocess whose tiktoken download must fail, as it does offline,
+    on any machine: an empty cache directory, and a proxy on a closed local port, which requests
+    (tiktoken's downloader) is refused by at once."""
+    refused = 'http://127.0.0.1:9'
+    return {'TIKTOKEN_CACHE_DIR': str(cache_dir), 'HTTPS_PROXY': refused, 'https_proxy': refused,
+            'HTTP_PROXY': refused, 'http_proxy': refused, 'NO_PROXY': '', 'no_proxy': ''}

@@ -26,7 +26,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # data/, for the shared helpers
-from prepare_text import PrepareError, progress, run  # noqa: E402
+from prepare_text import UserError, progress, run, tiktoken_encoding  # noqa: E402
 
 # tokenizer processes; about half the cores keeps the machine responsive
 num_proc = max(1, (os.cpu_count() or 2) // 2)
@@ -43,8 +43,7 @@ def encoding():
     """tiktoken's GPT-2 encoding, made once per process (worker processes make their own)."""
     global _enc
     if _enc is None:
-        import tiktoken
-        _enc = tiktoken.get_encoding('gpt2')
+        _enc = tiktoken_encoding('gpt2')
         assert _enc.max_token_value < 2 ** 16  # ids fit uint16
     return _enc
 
@@ -75,7 +74,7 @@ def write_memmap(path, total, shards, desc=None):
                 arr[idx:idx + len(shard)] = shard
                 idx += len(shard)
         if idx != total:
-            raise PrepareError(f"{path}: wrote {idx} tokens but expected {total}")
+            raise UserError(f"{path}: wrote {idx} tokens but expected {total}")
         if arr is not None:
             arr.flush()
             del arr
@@ -91,7 +90,7 @@ def split_indices(n_docs, val_fraction=VAL_FRACTION, seed=SPLIT_SEED):
     """A seeded shuffle of document indices into (train, val); val gets ceil(n * val_fraction)
     documents, at least one, and train keeps at least one."""
     if n_docs < 2:
-        raise PrepareError(f"need at least 2 documents to make a train and a val split, got {n_docs}")
+        raise UserError(f"need at least 2 documents to make a train and a val split, got {n_docs}")
     n_val = min(n_docs - 1, max(1, math.ceil(n_docs * val_fraction)))
     perm = np.random.default_rng(seed).permutation(n_docs)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
@@ -141,7 +140,7 @@ def prepare_hf_dataset(out_dir, name='openwebtext', n_proc=num_proc, n_proc_load
     try:
         from datasets import load_dataset
     except ImportError:
-        raise PrepareError("this dataset is loaded with Hugging Face datasets: pip install datasets") from None
+        raise UserError("this dataset is loaded with Hugging Face datasets: pip install datasets") from None
     dataset = load_dataset(name, num_proc=n_proc_load)
     split_dataset = dataset['train'].train_test_split(test_size=VAL_FRACTION, seed=SPLIT_SEED, shuffle=True)
     split_dataset['val'] = split_dataset.pop('test')
@@ -170,7 +169,7 @@ def main(argv=None):
     p.add_argument('--dest', help="write train.bin and val.bin here instead of data/openwebtext")
     args = p.parse_args(argv)
     if args.num_proc < 1:
-        raise PrepareError(f"--num_proc must be at least 1, got {args.num_proc}")
+        raise UserError(f"--num_proc must be at least 1, got {args.num_proc}")
     prepare_hf_dataset(os.path.abspath(args.dest) if args.dest else HERE, args.dataset,
                        args.num_proc, min(args.num_proc, num_proc_load_dataset))
 

@@ -19,15 +19,14 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # data/, for the shared helpers
-from prepare_text import PrepareError, atomic_write, fetch_tiny_shakespeare, read_text, run  # noqa: E402
+from prepare_text import UserError, atomic_write, fetch_tiny_shakespeare, read_text, run, tiktoken_encoding  # noqa: E402
 
 
 
 def encode_split(text, val_fraction=0.1):
     """Split by characters first (so the two files match nanoGPT's token for token), then encode
     each part with GPT-2 BPE. Returns (train_ids, val_ids) as uint16 arrays."""
-    import tiktoken
-    enc = tiktoken.get_encoding('gpt2')
+    enc = tiktoken_encoding('gpt2')
     n = len(text)
     cut = int(n * (1 - val_fraction))
     train_ids = np.array(enc.encode_ordinary(text[:cut]), dtype=np.uint16)
@@ -42,7 +41,7 @@ def main(argv=None):
                                   "(train with --dataset=<that directory>)")
     args = p.parse_args(argv)
     if args.input and not os.path.isfile(args.input):
-        raise PrepareError(f"--input file not found: {args.input}")
+        raise UserError(f"--input file not found: {args.input}")
     out_dir = os.path.abspath(args.dest) if args.dest else HERE
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, 'input.txt')

@@ -14,7 +14,7 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # data/, for the shared helpers
-from prepare_text import fetch_tiny_shakespeare, prepare_text, read_text, run  # noqa: E402
+from prepare_text import UserError, fetch_tiny_shakespeare, prepare_text, read_text, run  # noqa: E402
 
 
 def main(argv=None):
@@ -23,7 +23,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     path = os.path.join(HERE, 'input.txt')
     if args.input and not os.path.isfile(args.input):
-        raise SystemExit(f"error: --input file not found: {args.input}")
+        raise UserError(f"--input file not found: {args.input}")
     fetch_tiny_shakespeare(path, args.input)
     prepare_text(read_text(path), HERE)
 
