@@ -177,7 +177,7 @@ def chosen_setup(c, dev, device_type):
         why_not = devices.compile_unavailable(device_type)
         compile_ = False if (why_not and c.compile is True) else c.compile
         steps = (c.run_iters + 1) * c.gradient_accumulation_steps
-        dtype, math_attention, compile_, _ = autotune.choose(build_model(c, dev), c.batch_size, fixed, compile_,
+        dtype, math_attention, compile_, _, _ = autotune.choose(build_model(c, dev), c.batch_size, fixed, compile_,
                                                              steps, c.run_budget or None, not why_not)
     else:
         dtype = devices.resolve_dtype(c.dtype, device_type, device=dev)

@@ -10,7 +10,7 @@ Sample text from a trained model (out_dir/ckpt.pt) or from OpenAI's GPT-2.
 Each sample is printed with its prompt, followed by a line of 15 dashes. The same checkpoint,
 seed and settings print the same text. The tokens are drawn by nanogpt/engine.py, with a key/value
 cache; kv_cache=False re-runs the model on the whole context for each token, as the original does,
-and draws the same tokens, slower. The tokenizer is the one that belongs to the model: its
+and draws the same tokens in float32 (in bfloat16 rounding may part them), slower. The tokenizer is the one that belongs to the model: its
 dataset's meta.pkl (characters, or a tiktoken encoding it names), GPT-2 BPE where there is none;
 one that does not fit the model is refused, never used (nanogpt/data.py, tokenizer_for).
 """
@@ -42,7 +42,7 @@ top_p = 1.0  # nucleus sampling: keep the most likely tokens holding top_p of th
 stop = ''  # end a sample early at this string (not printed); '' = never
 stream = False  # print each token as it is produced (one-by-one mode; batched prints at the end)
 batched = False  # draw all num_samples at once: faster, but not the same draws as one by one
-kv_cache = True  # False: the uncached reference algorithm (identical output, slower)
+kv_cache = True  # False: the uncached reference algorithm (the same tokens in float32, slower)
 seed = 1337
 device = 'auto'  # 'cpu', 'cuda', 'cuda:0', 'mps'
 dtype = 'auto'  # 'float32', 'bfloat16', 'float16'; auto: bfloat16 on GPUs and on CPUs with bf16 units

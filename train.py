@@ -36,7 +36,7 @@ import torch
 from configurator import apply_overrides, given_settings, resumed_settings, settings_of
 from model import GPT, GPTConfig
 from nanogpt import autotune, checkpoint, cpu, distributed, memory, settings
-from nanogpt.control import RunControl, start_budget
+from nanogpt.control import RunControl, abandonable, start_budget, watched
 from nanogpt.data import dataset_dir, meta_vocab_size, open_split
 from nanogpt.devices import autocast_ctx
 from nanogpt.errors import UserError, run_cli
@@ -181,6 +181,7 @@ def init_model(c, ckpt, vocab_size):
     return model, model_args
 
 
+@watched  # signals handled from the first line, and a progress line in any silence (nanogpt/progress.py)
 def train(c, given=None, t0=None):
     """Train with settings `c` (a namespace of DEFAULTS' keys) and return a summary. `given`: the
     settings the command line named (on resume they win over the checkpoint's); `t0`: when the
@@ -223,7 +224,7 @@ def train(c, given=None, t0=None):
         iter_num, best_val_loss = ckpt['iter_num'], float(ckpt['best_val_loss'])
         if scaler.is_enabled() and ckpt.get('scaler'):
             scaler.load_state_dict(ckpt['scaler'])
-    model, eval_model = distributed.compile_and_wrap(model, compiled, run)  # DDP under torchrun, without FSDP
+    model, eval_model = distributed.compile_and_wrap(model, compiled, run, c.batch_size)  # DDP under torchrun, without FSDP
     masks.seed(c.seed + run.rank)
     if ckpt is not None:
         checkpoint.restore_rng(ckpt, run, masks)  # the resumed run draws the batches and masks it would have
@@ -255,14 +256,15 @@ def train(c, given=None, t0=None):
             stop, closing = ctl.check(iter_num, eval_due)
             lr = get_lr(ctl.schedule_iter(iter_num), c) if c.decay_lr else c.learning_rate
             set_lr(optimizer, lr, c.learning_rate)
+            # evaluate the loss on train and val; a signal abandons the evaluation (it changes no state)
+            if (eval_due or closing) and not stop:
+                losses = abandonable(estimate_loss, eval_model, data, ctx, c, run, ctl)  # None: a signal came
+                stop = losses is None
             if stop:
                 save('last.pt')
                 ctl.stopped(iter_num)
                 break
-
-            # evaluate the loss on train and val, and write checkpoints
-            if eval_due or closing:
-                losses = estimate_loss(eval_model, data, ctx, c, run, ctl)
+            if eval_due or closing:  # report the losses; save the best model, or else the latest state
                 ctl.evaluated(iter_num, losses, lr)  # prints 'step N: train loss ..., val loss ...'
                 if losses['val'] < best_val_loss or c.always_save_checkpoint:
                     best_val_loss = losses['val']

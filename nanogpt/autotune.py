@@ -7,7 +7,9 @@ and slower than float32; with AVX512-BF16 or AMX they are faster (docs/speed.md 
 autocast adds casts that small models may not repay; compiling fuses the elementwise work
 between the matmuls but costs a minute or more. So a few forward+backward micro-steps of the
 real model on a batch of the real shape are timed in each candidate (float32, and bfloat16 where
-the CPU has bf16 units), a few seconds in all, and the fastest is used. Compiling is tried only
+the CPU has bf16 units): one warm-up step each, then as many rounds as fit in about
+TRIAL_SECONDS (one to five), so a few seconds for a small model and tens of seconds for a large
+one; the fastest is used. Compiling is tried only
 when the run is long enough that the expected saving repays the compile time; its result is
 kept too. The measurements are cached per machine, torch version and model/batch shape in
 ~/.cache/nanogpt/autotune.json (NANOGPT_CACHE_DIR or XDG_CACHE_HOME move it), so the next run
@@ -20,10 +22,11 @@ train.py asks choose_for_training, which measures on a CPU and applies the rule 
 import json
 import os
 import time
+from collections import namedtuple
 
 import torch
 
-from . import cpu, devices
+from . import control, cpu, devices, progress
 from .errors import UserError, warn_once
 
 TRIAL_SECONDS = 4.0  # time for the timed eager micro-steps of all candidates together
@@ -175,10 +178,20 @@ def pick(times, compile_s, steps=None, seconds=None):
     return min(times, key=cost)
 
 
+Choice = namedtuple('Choice', 'dtype math_attention compile compiled_model micro_step_s')
+
+
 def choose(model, batch_size, dtype, compile, run_steps, budget_s=None, compile_ok=True, log=print):
-    """(dtype, math attention, compile, compiled model or None) for CPU training. dtype, compile:
-    'auto' or fixed. run_steps: micro-steps the run will take (without a budget); budget_s:
-    seconds left in a time budget. compile_ok: False where compiling cannot work."""
+    """Choice(dtype, math_attention, compile, compiled_model or None, micro_step_s) for CPU
+    training: micro_step_s is the chosen candidate's measured seconds per forward+backward (None
+    when nothing was measured). dtype, compile: 'auto' or fixed. run_steps: micro-steps the run
+    will take (without a budget); budget_s: seconds left in a time budget. compile_ok: False
+    where compiling cannot work. The heartbeat (nanogpt/progress.py) says what it measures."""
+    with progress.phase("measuring forward+backward in each dtype (compile=auto, dtype=auto)"):
+        return _choose(model, batch_size, dtype, compile, run_steps, budget_s, compile_ok, log)
+
+
+def _choose(model, batch_size, dtype, compile, run_steps, budget_s, compile_ok, log):
     keys = candidates(model, dtype)
     cache = load_cache()
     key = cache_key(model.config, batch_size)
@@ -219,7 +232,9 @@ def choose(model, batch_size, dtype, compile, run_steps, budget_s=None, compile_
                 compiled_model = devices.compile_model(model)
                 if compile == 'auto' and cached_compiled is None:
                     t0 = time.perf_counter()
-                    trial.step(compiled_model, dtype, compiled=True)  # compiles
+                    with progress.phase("compiling the model"):
+                        trial.step(compiled_model, dtype, compiled=True)  # compiles
+                    compiled_model.warm = True
                     first = time.perf_counter() - t0
                     if not compiled_model.fell_back:
                         t_c = sorted(trial.step(compiled_model, dtype, compiled=True) for _ in range(3))[1]
@@ -235,7 +250,8 @@ def choose(model, batch_size, dtype, compile, run_steps, budget_s=None, compile_
     why = "fastest measured" if len(times) > 1 else "the only candidate"
     log(f"using dtype: {dtype}, compile: {use_compile}" + (", attention written out" if math_attention else "")
         + f" (auto: {why})")
-    return dtype, math_attention, use_compile, compiled_model
+    step_s = times.get((dtype, True)) if use_compile else (eager.get(best) if eager else None)
+    return Choice(dtype, math_attention, use_compile, compiled_model, step_s)
 
 
 def choose_for_training(model, c, run, ckpt, budget):
@@ -257,12 +273,17 @@ def choose_for_training(model, c, run, ckpt, budget):
         warn_once(f"torch.compile unavailable ({why_not}); running eager")
         compile_ = False
     steps = (c.max_iters - (ckpt['iter_num'] if ckpt else 0) + 1) * run.grad_accum
-    dtype, written_out, use_compile, compiled = choose(
-        model, c.batch_size, dtype, compile_, steps, budget.left() if budget else None, not why_not)
+    # a stop signal abandons the measurement: the loop then stops before its first iteration
+    choice = control.abandonable(choose, model, c.batch_size, dtype, compile_, steps,
+                                 budget.left() if budget else None, not why_not)
+    if choice is None:
+        print("dtype/compile measurement abandoned: stopping")
+        choice = Choice('float32' if dtype == 'auto' else dtype, False, False, None, None)
+    dtype, written_out, use_compile, compiled, step_s = choice
     if run.ddp:  # every process measured; rank 0's choice holds for all
         import torch.distributed as dist
         choice = [dtype, written_out, use_compile]
         dist.broadcast_object_list(choice, src=0)
         dtype, written_out, use_compile = choice
         compiled = (compiled or devices.compile_model(model)) if use_compile else None
-    return run.but(dtype=dtype, compile=use_compile, written_out_attention=written_out), compiled
+    return run.but(dtype=dtype, compile=use_compile, written_out_attention=written_out, micro_step_s=step_s), compiled

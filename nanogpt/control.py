@@ -12,6 +12,7 @@ progress * lr_decay_iters, so warmup takes warmup_iters / lr_decay_iters of the 
 rate reaches min_lr as the last iteration ends, on a fast machine and on a slow one.
 """
 
+import functools
 import math
 import os
 import shlex
@@ -22,7 +23,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from . import checkpoint, memory
+from . import checkpoint, memory, progress
 from .errors import UserError, warn_once
 from .metrics import Metrics, format_duration
 
@@ -158,17 +159,32 @@ class TimeBudget:
         return saved.get('closed', False) and self.seconds <= saved.get('seconds', 0.0)
 
 
+class Stopped(BaseException):
+    """A stop signal abandoned the work under way (an evaluation, the dtype/compile measurement,
+    compiling). A BaseException, like KeyboardInterrupt, so that no `except Exception` (such as
+    the compile fallback's) takes it for a failure."""
+
+
 class StopSignals:
     """Ctrl-C and SIGTERM (schedulers, torchrun) stop the loop at the next iteration boundary,
-    which saves the training state to last.pt; a second signal interrupts at once. `received`:
-    the first signal's number, None until one arrives."""
+    which saves the training state to last.pt; a second signal interrupts (KeyboardInterrupt) as
+soon as the running operation returns to Python. Inside
+    abandoning() the first signal also ends the work under way at once (raises Stopped), for work
+    that changes no training state and would make the signal wait minutes: an evaluation, the
+    dtype/compile measurement, compiling. `received`: the first signal's number, None until one
+    arrives. `current`: the instance whose handlers are installed."""
+
+    current = None
 
     def __init__(self, ddp):
         self.ddp, self.received, self.at, self.old_handlers = ddp, None, None, {}
+        self.abandon = False
 
     def handle(self, signum, frame):
         if self.received is None:
             self.received, self.at = signum, time.monotonic()
+            if self.abandon:
+                raise Stopped(signum)
         elif not (self.ddp and time.monotonic() - self.at < 1.0):
             # under torchrun a terminal's Ctrl-C reaches every rank and torchrun forwards it again:
             # a repeat within a second is that echo, not a request to abort the save
@@ -178,11 +194,41 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():  # the only thread that may set handlers
             for s in (signal.SIGINT, signal.SIGTERM):
                 self.old_handlers[s] = signal.signal(s, self.handle)
+        self.outer, StopSignals.current = StopSignals.current, self
         return self
 
     def __exit__(self, *exc):
         for s, h in self.old_handlers.items():
             signal.signal(s, h)
+        StopSignals.current = self.outer
+
+
+def abandonable(fn, *args, **kwargs):
+    """fn(*args, **kwargs), or None when a stop signal arrives before or during it (the signal
+    stays received: the loop then saves last.pt and exits). Under torchrun the work runs to its end
+    (the processes must stop at the same point: RunControl.check agrees on it)."""
+    signals = StopSignals.current
+    if signals is None or signals.ddp:
+        return fn(*args, **kwargs)
+    if signals.received is not None:
+        return None
+    signals.abandon = True
+    try:
+        return fn(*args, **kwargs)
+    except Stopped:
+        return None
+    finally:
+        signals.abandon = False
+
+
+def watched(train):
+    """train.py's train() with its stop signals handled and a heartbeat printing what it does
+    during any silence (nanogpt/progress.py), from its first line to its last."""
+    @functools.wraps(train)
+    def watched_train(*args, **kwargs):
+        with StopSignals(ddp=int(os.environ.get('WORLD_SIZE', '1')) > 1), progress.Heartbeat():
+            return train(*args, **kwargs)
+    return watched_train
 
 
 def start_budget(c, ckpt, t0=None):
@@ -207,7 +253,9 @@ class RunControl:
 
     def __init__(self, c, run, model, config, budget):
         self.c, self.run, self.budget = c, run, budget
-        self.signals = StopSignals(run.ddp)
+        # the signals that watched() installed for the whole of train(), or this loop's own
+        self.own_signals = StopSignals.current is None
+        self.signals = StopSignals(run.ddp) if self.own_signals else StopSignals.current
         self.metrics = Metrics(c, run, config, model, budget)
         self.local_iters = 0  # iterations this process has run
         self.start_iter = None
@@ -219,14 +267,22 @@ class RunControl:
         self.saved = {}  # checkpoint name -> iteration, of those this run wrote
         self.last_good = None  # (path, iteration) of the newest checkpoint: this run's, or the one resumed
         self.kept_rng = None  # the batch stream's state, put back after the evaluation a run adds at its end
+        self.eval_batch_s = []  # the first evaluation's forward times, until the estimate is printed
+        self.t_prev = None
+        self.last_eval_s = None  # seconds the last whole evaluation took
+        self.iter_times = []  # seconds of each iteration's own work (no evaluation or save)
+        self.estimated = None  # the estimate printed (seconds for the whole run), once printed
+        self.refined = False
 
     def __enter__(self):
-        self.signals.__enter__()
+        if self.own_signals:
+            self.signals.__enter__()
         self.t_last = self.t_mark = self.metrics.start()
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self.signals.__exit__(exc_type, exc, tb)
+        if self.own_signals:
+            self.signals.__exit__(exc_type, exc, tb)
         self.metrics.close()
         when = f" at iteration {self.iter_num}" if self.iter_num is not None else ''
         oom = memory.out_of_memory_error(exc, when, self.kept()) if exc else None
@@ -247,6 +303,8 @@ class RunControl:
                 self.last_good = (os.path.join(c.out_dir, name), iter_num)
         self.iter_num = iter_num
         self.t_mark = time.time()
+        progress.set_phase(f"training: iter {iter_num}" + (
+            ", compiling and warming up" if self.local_iters == 0 and self.run.compile else ''))
         # the evaluation that a run without a time budget adds at its last iteration draws its
         # batches from the training batches' stream: evaluated() puts the stream back, so that
         # every iteration's loss stays what it would be without it
@@ -280,13 +338,31 @@ class RunControl:
     # ---- evaluation and checkpoints ----------------------------------------------------------
 
     def eval_progress(self, split, k):
-        """Called after each evaluation batch."""
+        """Called after each evaluation forward (k counts them, from 0, in each split): the
+        heartbeat says where the evaluation stands, and on the first evaluation the run's estimate
+        is printed as soon as a forward's time is known."""
+        now, first = time.time(), k == 0 and split == 'train'
+        if self.estimated is None:
+            if first:
+                self.eval_batch_s = []
+            self.eval_batch_s.append(now - (self.t_mark if first else self.t_prev))
+        self.t_prev = now
+        n = self.c.eval_iters // self.run.eval_batches
+        progress.set_phase(f"evaluating at iter {self.iter_num}: {split} batch {(k + 1) * self.run.eval_batches} "
+                           f"of {n * self.run.eval_batches}", restart=first)
+        if self.estimated is None and len(self.eval_batch_s) >= 3:
+            # the first forward holds one-off warm-up: the median of the others is the pace
+            rest = sorted(self.eval_batch_s[1:])
+            self.print_estimate(eval_s=rest[len(rest) // 2] * 2 * n)
 
     def evaluated(self, iter_num, losses, lr):
         """An evaluation's losses {'train': ..., 'val': ...}: printed and recorded; a non-finite
         validation loss ends the run with one line."""
+        self.last_eval_s = time.time() - self.t_mark
         if self.budget is not None:
-            self.budget.eval_s = time.time() - self.t_mark
+            self.budget.eval_s = self.last_eval_s
+        if self.estimated is None:
+            self.print_estimate(eval_s=self.last_eval_s)
         if self.kept_rng is not None:
             torch.set_rng_state(self.kept_rng)
             self.kept_rng = None
@@ -298,10 +374,14 @@ class RunControl:
 
     def save(self, name, state):
         """Write the training state `state` to out_dir/<name> (rank 0; every process calls this
-        at the same points, collectives included). See checkpoint.write."""
+        at the same points, collectives included). See checkpoint.write. An eval_only run writes
+        nothing (it holds no lock on out_dir)."""
+        if self.c.eval_only:
+            return
         if self.budget is not None:
             state['time'] = self.budget.state()  # a resumed budgeted run continues its clock and schedule
         t0 = time.time()
+        progress.set_phase(f"writing {os.path.join(self.c.out_dir, name)}")
         try:
             checkpoint.write(state, self.c.out_dir, name, self.run)
         except checkpoint.NonFiniteWeights as e:
@@ -347,6 +427,12 @@ class RunControl:
             if self.local_iters == 0:
                 self.budget.loop_started(self.t_mark)
             self.budget.iter_done(t1 - self.t_mark)  # the iteration alone, without an evaluation before it
+        self.iter_times.append(t1 - self.t_mark)
+        del self.iter_times[1:-9]  # the first (warm-up, compiling) and the 9 newest
+        if self.estimated is None and self.local_iters == 1:  # no evaluation came first (a resumed run)
+            self.print_estimate(eval_s=None)
+        elif not self.refined and len(self.iter_times) >= 10 and self.last_eval_s is not None:
+            self.refine_estimate(iter_num)
         if run.device_type != 'cuda' or iter_num % c.log_interval == 0:
             lossf = loss.item() * run.grad_accum  # the last micro-step's loss
             if not math.isfinite(lossf):
@@ -354,8 +440,66 @@ class RunControl:
             self.losses[iter_num] = lossf
             if iter_num % c.log_interval == 0 and run.master:
                 # 'iter N: loss ...'
-                self.metrics.iteration(iter_num, self.local_iters, lossf, lr, dt, grad_norm.item())
+                self.metrics.iteration(iter_num, self.local_iters, lossf, lr, dt, grad_norm.item(),
+                                       self.time_left(iter_num + 1))
         self.local_iters += 1
+
+    # ---- what the run will cost -----------------------------------------------------------
+
+    def iter_s(self):
+        """Seconds per iteration: the median of the recent ones (the first, with its warm-up and
+        compiling, only until there are others); None before any."""
+        recent = sorted(self.iter_times[1:] or self.iter_times)
+        return recent[len(recent) // 2] if recent else None
+
+    def time_left(self, iter_num):
+        """Seconds from iteration iter_num to the end at the measured pace, the evaluations to
+        come included (None with a time budget, which says that itself, or before a measurement)."""
+        if self.budget is not None or self.iter_s() is None or self.c.eval_only:
+            return None
+        eval_s = self.last_eval_s if self.last_eval_s is not None else 0.0
+        return progress.estimate_s(iter_num, self.c.max_iters, self.c.eval_interval, self.iter_s(), eval_s)
+
+    def print_estimate(self, eval_s):
+        """The run's cost, printed once (rank 0, without a time budget), from the best times known:
+        iterations as autotune.py measured them (run.micro_step_s) or as run here, else three
+        evaluation forwards per micro-step (forward and backward); on a CPU a run beyond half an
+        hour adds what would fit."""
+        c, run = self.c, self.run
+        if self.budget is not None or c.eval_only or not run.master:
+            self.estimated = 0.0
+            return
+        n_fwd = c.eval_iters // run.eval_batches * 2
+        if self.iter_s() is not None:
+            iter_s = self.iter_s()
+        elif run.micro_step_s:
+            iter_s = run.micro_step_s * run.grad_accum
+        elif eval_s:
+            iter_s = 3 * eval_s / n_fwd / run.eval_batches * run.grad_accum
+        else:
+            return  # nothing measured yet
+        if eval_s is None:
+            eval_s = n_fwd * iter_s / run.grad_accum / 3 * run.eval_batches
+        start = self.iter_num if self.iter_num is not None else 0
+        if self.local_iters:  # printed after the first iteration: the estimate is of those left
+            start += 1
+        self.estimated = progress.estimate_s(start, c.max_iters, c.eval_interval, iter_s, eval_s)
+        print(progress.estimate_line(start, c.max_iters, c.eval_interval, iter_s, eval_s))
+        if run.device_type == 'cpu' and self.estimated > progress.LONG_ON_CPU_S:
+            print(progress.advice_line(c, self.estimated))
+
+    def refine_estimate(self, iter_num):
+        """Once iterations and an evaluation have been timed here: the estimate again, when the
+        measured times change it by more than a quarter."""
+        self.refined = True
+        left = self.time_left(iter_num + 1)
+        if left is None or not self.estimated:
+            return
+        spent = time.time() - self.metrics.t_start
+        if abs(spent + left - self.estimated) > 0.25 * self.estimated:
+            line = progress.estimate_line(iter_num + 1, self.c.max_iters, self.c.eval_interval,
+                                          self.iter_s(), self.last_eval_s, what='measured, the rest of this run')
+            print(line)
 
     def summary(self, iter_num, best_val_loss):
         """The run's summary dict (train.main returns it); prints the closing lines of a run that

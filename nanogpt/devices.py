@@ -209,6 +209,7 @@ class CompiledModel(torch.nn.Module):
         super().__init__()
         self._orig_mod = module
         self.__dict__['fell_back'] = False
+        self.__dict__['warm'] = False  # compiled for training already (warm_up, or autotune.py's trial)
         try:
             self.__dict__['_compiled'] = torch.compile(module)  # not a submodule: no duplicate keys
         except Exception as e:
@@ -232,6 +233,30 @@ class CompiledModel(torch.nn.Module):
         out = self._orig_mod(*args, **kwargs)
         self._give_up(compile_error)
         return out
+
+
+    def warm_up(self, batch_size, device, dtype):
+        """Compile the training graph now, on one forward+backward of random tokens of the
+        training shape, rather than inside the first iteration: so that compiling is a phase the
+        heartbeat names and a stop signal may abandon. The weights are untouched, the gradients
+        dropped and the random streams put back, so the run computes what it would have."""
+        if self.fell_back or self.warm:
+            return
+        cfg, device_type = self._orig_mod.config, torch.device(device).type
+        rng = torch.get_rng_state()
+        dev_rng = torch.cuda.get_rng_state(device) if device_type == 'cuda' else None
+        x = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), generator=torch.Generator().manual_seed(0))
+        x = x.to(device)
+        try:
+            with autocast_ctx(device_type, dtype):
+                _, loss = self(x, x)
+            loss.backward()
+        finally:
+            self._orig_mod.zero_grad(set_to_none=True)
+            torch.set_rng_state(rng)
+            if dev_rng is not None:
+                torch.cuda.set_rng_state(dev_rng, device)
+        self.__dict__['warm'] = True
 
 
 def compile_model(module):

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import devices
+from . import control, devices, progress
 from .errors import UserError, warn_once
 
 
@@ -137,15 +137,20 @@ def shard(model, run):
     return mesh
 
 
-def compile_and_wrap(model, compiled, run):
+def compile_and_wrap(model, compiled, run, batch_size):
     """(the model to train: compiled when run.compile, in DDP under torchrun without FSDP; the
     model to evaluate: the eager one, whose eval mode needs no second compile, never in DDP).
-    `compiled`: the model autotune.py compiled already, or None."""
+    `compiled`: the model autotune.py compiled already, or None. Outside torchrun the compiling
+    happens here, on a batch of batch_size (CompiledModel.warm_up), where a stop signal may
+    abandon it; under DDP the wrapper changes the graph, so it happens in the first iteration."""
     raw = model
     if run.compile:
         if compiled is None:
             print("compiling the model... (the first iterations are slow)")
         model = compiled or devices.compile_model(model)  # eager, with one warning, if compiling fails
+        if not run.ddp and not model.warm:
+            with progress.phase("compiling the model"):
+                control.abandonable(model.warm_up, batch_size, run.device, run.dtype)
     if run.ddp and not run.fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         device_ids = [int(os.environ['LOCAL_RANK'])] if run.device_type == 'cuda' else None

@@ -66,9 +66,10 @@ class Metrics:
             self.wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'],
                             "lr": lr, "mfu": self.running_mfu * 100})
 
-    def iteration(self, iter_num, local_iter_num, lossf, lr, dt, grad_norm):
+    def iteration(self, iter_num, local_iter_num, lossf, lr, dt, grad_norm, time_left=None):
         """An iteration of dt seconds (the local_iter_num-th of this process) that ended with
-        the loss lossf; grad_norm: the gradients' norm before clipping."""
+        the loss lossf; grad_norm: the gradients' norm before clipping; time_left: seconds the
+        rest of the run needs, its evaluations included (RunControl.time_left), or None."""
         c, budget = self.c, self.budget
         if local_iter_num >= 5:  # the first iterations include compilation and warm-up
             mfu = self.model.estimate_mfu(c.batch_size * self.run.grad_accum, dt, self.peak)
@@ -77,7 +78,7 @@ class Metrics:
         if budget is not None:
             left = f", {format_duration(budget.left())} of budget left"
         else:  # not from a process's first iteration: it holds the first evaluation and any compiling
-            left = f", eta {format_duration(dt * (c.max_iters - iter_num))}" if local_iter_num else ''
+            left = f", eta {format_duration(time_left)}" if local_iter_num and time_left is not None else ''
         print(f"iter {iter_num}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, mfu {self.running_mfu * 100:.2f}%, "
               f"grad norm {grad_norm:.4g}, {tok_s:,.0f} tok/s{left}")
         self.write(event='iter', iter=iter_num, loss=lossf, lr=lr, time_ms=dt * 1000,

@@ -44,6 +44,7 @@ class Run:
     compile: bool = False
     written_out_attention: bool = False  # CPU training through model.py's written-out attention
     eval_batches: int = 1  # batches per forward in an evaluation (estimate_loss)
+    micro_step_s: float = None  # seconds per forward+backward, where autotune.py measured it
 
     def but(self, **changes):
         return replace(self, **changes)

@@ -40,9 +40,10 @@ def test_measures_once_then_uses_the_cache_and_leaves_everything_as_it_was(cache
     modules = [type(m) for m in model.modules()]
     rng = torch.get_rng_state()
     lines = []
-    dtype, math_attention, compiled, compiled_model = autotune.choose(model, 4, 'auto', False, run_steps=100,
+    dtype, math_attention, compiled, compiled_model, step_s = autotune.choose(model, 4, 'auto', False, run_steps=100,
                                                                       log=lines.append)
     assert compiled is False and compiled_model is None and math_attention is False  # dropout: no candidate
+    assert step_s > 0  # the chosen candidate's measured time: the run's estimate starts from it
     assert 'measured)' in lines[0] and 'float32 eager' in lines[0] and 'bfloat16 eager' in lines[0]
     assert lines[-1].startswith(f'using dtype: {dtype}, compile: False (auto: fastest measured)')
     with open(cache_dir / 'autotune.json') as f:
@@ -76,7 +77,7 @@ def test_without_bf16_units_only_float32_is_a_candidate(cache_dir, monkeypatch):
 def test_compiling_is_not_tried_for_a_short_run(cache_dir, monkeypatch):
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: False)
     lines = []
-    dtype, _, compiled, _ = autotune.choose(tiny(), 4, 'auto', 'auto', run_steps=50, log=lines.append)
+    dtype, _, compiled, _, _ = autotune.choose(tiny(), 4, 'auto', 'auto', run_steps=50, log=lines.append)
     assert compiled is False
     assert any(line.startswith('auto compile: not tried') for line in lines)
     lines.clear()
@@ -98,7 +99,7 @@ def test_without_dropout_written_out_attention_is_a_bf16_candidate(cache_dir, mo
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: True)
     model = tiny(dropout=0.0)
     lines = []
-    dtype, math_attention, _, _ = autotune.choose(model, 4, 'auto', False, run_steps=100, log=lines.append)
+    dtype, math_attention, _, _, _ = autotune.choose(model, 4, 'auto', False, run_steps=100, log=lines.append)
     with open(cache_dir / 'autotune.json') as f:
         (entry,) = json.load(f).values()
     assert set(entry['eager']) == {'float32', 'bfloat16', 'bfloat16+math'}
