@@ -269,6 +269,7 @@ class RunControl:
         self.kept_rng = None  # the batch stream's state, put back after the evaluation a run adds at its end
         self.eval_batch_s = []  # the first evaluation's forward times, until the estimate is printed
         self.t_prev = None
+        self.training_phase = False  # the heartbeat says "training" (not evaluating or writing)
         self.last_eval_s = None  # seconds the last whole evaluation took
         self.iter_times = []  # seconds of each iteration's own work (no evaluation or save)
         self.estimated = None  # the estimate printed (seconds for the whole run), once printed
@@ -303,8 +304,11 @@ class RunControl:
                 self.last_good = (os.path.join(c.out_dir, name), iter_num)
         self.iter_num = iter_num
         self.t_mark = time.time()
+        # the heartbeat's clock runs from the first iteration after an evaluation or a save
         progress.set_phase(f"training: iter {iter_num}" + (
-            ", compiling and warming up" if self.local_iters == 0 and self.run.compile else ''))
+            ", compiling and warming up" if self.local_iters == 0 and self.run.compile else ''),
+            restart=not self.training_phase)
+        self.training_phase = True
         # the evaluation that a run without a time budget adds at its last iteration draws its
         # batches from the training batches' stream: evaluated() puts the stream back, so that
         # every iteration's loss stays what it would be without it
@@ -348,6 +352,7 @@ class RunControl:
             self.eval_batch_s.append(now - (self.t_mark if first else self.t_prev))
         self.t_prev = now
         n = self.c.eval_iters // self.run.eval_batches
+        self.training_phase = False
         progress.set_phase(f"evaluating at iter {self.iter_num}: {split} batch {(k + 1) * self.run.eval_batches} "
                            f"of {n * self.run.eval_batches}", restart=first)
         if self.estimated is None and len(self.eval_batch_s) >= 3:
@@ -382,6 +387,7 @@ class RunControl:
             state['time'] = self.budget.state()  # a resumed budgeted run continues its clock and schedule
         t0 = time.time()
         progress.set_phase(f"writing {os.path.join(self.c.out_dir, name)}")
+        self.training_phase = False
         try:
             checkpoint.write(state, self.c.out_dir, name, self.run)
         except checkpoint.NonFiniteWeights as e:

@@ -119,7 +119,7 @@ def resolve_dtype(dtype, device_type, device=None, cpu_bf16=False):
     """'auto' -> mixed precision where the device has it natively (`device`: which GPU, e.g.
     cuda:1; None means the current one). On a CPU float32, where train.py and bench.py measure
     instead (autotune.py); cpu_bf16=True (sampling) takes bfloat16 where the CPU has bf16 units,
-    as measured faster there (docs/sampling.md). Prints the choice and the reason."""
+    as measured faster there (docs/sampling.md, "With bf16 units it is 3x"). Prints the choice and the reason."""
     if dtype != 'auto':
         if dtype not in PTDTYPES:
             raise UserError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
@@ -244,7 +244,8 @@ class CompiledModel(torch.nn.Module):
             return
         cfg, device_type = self._orig_mod.config, torch.device(device).type
         rng = torch.get_rng_state()
-        dev_rng = torch.cuda.get_rng_state(device) if device_type == 'cuda' else None
+        dev_rng = (torch.cuda.get_rng_state(device) if device_type == 'cuda'
+                   else torch.mps.get_rng_state() if device_type == 'mps' else None)
         x = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), generator=torch.Generator().manual_seed(0))
         x = x.to(device)
         try:
@@ -254,8 +255,10 @@ class CompiledModel(torch.nn.Module):
         finally:
             self._orig_mod.zero_grad(set_to_none=True)
             torch.set_rng_state(rng)
-            if dev_rng is not None:
+            if device_type == 'cuda':
                 torch.cuda.set_rng_state(dev_rng, device)
+            elif device_type == 'mps':
+                torch.mps.set_rng_state(dev_rng)
         self.__dict__['warm'] = True
 
 

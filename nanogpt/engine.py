@@ -77,6 +77,43 @@ def window_step(model, idx):
     return logits[:, -1, :]
 
 
+class _LastBlockKeys(nn.Module):
+    """A one-off cache for the last block of a window step: the keys and values of every position
+    of the window (computed from that block's input x (B, T, C)), so that the block itself runs
+    its query, attention output and MLP for the last position alone. A module only because the
+    attention's kv_cache slot holds modules (KVCache); it has no parameters."""
+
+    def __init__(self, attn, x):
+        super().__init__()
+        B, T, C = x.size()
+        _, k, v = attn.c_attn(x).split(C, dim=2)
+        self.k = k.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        self.v = v.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2)  # (B, nh, T, hs)
+
+    def update(self, input_pos, k, v):
+        return self.k, self.v, None  # the last position sees every position: no mask
+
+
+def last_position_window_step(model, idx):
+    """window_step's logits with less work: only the last position's output is needed, and in
+    the last block nothing else depends on the other positions' outputs, so that block computes
+    their keys and values only (1 of its 12 n_embd^2-sized matmul columns per position of 4 + 8),
+    about a seventh less work for the 6-layer Shakespeare model. Same math as window_step, the
+    same logits to float rounding."""
+    *body, last = model.transformer.h
+    T = idx.size(1)
+    pos = torch.arange(T, device=idx.device)
+    x = model.transformer.drop(model.transformer.wte(idx) + model.transformer.wpe(pos))  # (B, T, C)
+    for block in body:
+        x = block(x)
+    last.attn.kv_cache = _LastBlockKeys(last.attn, last.ln_1(x))
+    try:
+        x = last(x[:, -1:], pos[-1:])  # (B, 1, C)
+    finally:
+        last.attn.kv_cache = None
+    return model.lm_head(model.transformer.ln_f(x))[:, -1, :]
+
+
 def decoding_attention(device):
     """Where generation may run scaled_dot_product_attention. On CUDA, cuDNN's attention (which
     torch prefers on some GPUs, the H100 and H200 among them) plans every new sequence length,
@@ -107,7 +144,7 @@ class Engine:
 
     def __init__(self, model, compile=False):
         self.model = model
-        self.decode, self.window = decode_step, window_step
+        self.decode, self.window = decode_step, last_position_window_step
         if compile:
             cuda = model.lm_head.weight.device.type == 'cuda'
             opts = dict(mode='reduce-overhead' if cuda else None, dynamic=False)
@@ -136,8 +173,9 @@ class Engine:
                     if cached and n > block_size:  # the window starts to slide: the cache is stale
                         set_caches(model, False)
                         cached = False
-                    if not cached:
-                        logits = self.window(model, seq[:, max(0, n - block_size):n])
+                    if not cached:  # without the cache, the plain algorithm's step as it stands
+                        window = self.window if use_cache else window_step
+                        logits = window(model, seq[:, max(0, n - block_size):n])
                     elif pos is None:
                         logits = decode_step(model, seq[:, :n], torch.arange(n, device=idx.device))  # prefill
                         pos = torch.full((1,), n, dtype=torch.long, device=idx.device)
