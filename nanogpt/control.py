@@ -28,6 +28,32 @@ from .errors import UserError, warn_once
 from .metrics import Metrics, format_duration
 
 
+class IterationTimes:
+    """A process's iteration times as a pace: the first iteration (warm-up, compiling) and the 9
+    newest are kept. Shared by the time budget and the run's estimate."""
+
+    def __init__(self):
+        self.times = []
+
+    def add(self, seconds):
+        self.times.append(seconds)
+        del self.times[1:-9]
+
+    def __len__(self):
+        return len(self.times)
+
+    def median(self):
+        """Seconds one more iteration takes: the median of the recent ones; the first iteration
+        counts only until there is another. None before any."""
+        recent = sorted(self.times[1:] or self.times)
+        return recent[len(recent) // 2] if recent else None
+
+    def recent(self, n):
+        """The median of the n newest iterations (the first one apart); None before there are n."""
+        last = sorted(self.times[1:][-n:])
+        return last[len(last) // 2] if len(last) == n else None
+
+
 class TimeBudget:
     """The wall-clock budget of a run, from the start of the process to its last checkpoint,
     setup, compilation, evaluations and saving included, summed over resumed runs.
@@ -58,7 +84,7 @@ class TimeBudget:
         self._eval_s = self.save_s = None  # the last measured durations
         self.eval_pace = None  # recent_s when that evaluation ran (or, after step 0's, once known)
         self.save_guess_s = 1.0
-        self.iter_times = []  # this process's iteration times, the first (warm-up, compilation) apart
+        self.iter_times = IterationTimes()  # this process's
         self.closed = False  # the budget ended the run (stored: resuming with no more time is refused)
 
     FEW_ITERATIONS = 500  # fewer than this in a whole budget: the model is too big for it
@@ -74,8 +100,7 @@ class TimeBudget:
         self.eval_pace = self.recent_s  # None at step 0: iter_done fills it in once known
 
     def iter_done(self, seconds):
-        self.iter_times.append(seconds)
-        del self.iter_times[1:-9]  # keep the first and the 9 newest
+        self.iter_times.add(seconds)
         if self._eval_s is not None and self.eval_pace is None:
             self.eval_pace = self.recent_s  # step 0's evaluation: the pace that followed it
         if len(self.iter_times) == 6:  # once, when the pace is known
@@ -88,17 +113,14 @@ class TimeBudget:
 
     @property
     def iter_s(self):
-        """Seconds one more iteration takes: the median of the recent ones; the first iteration,
-        slowed by warm-up or compilation, counts only until there is another."""
-        recent = sorted(self.iter_times[1:] or self.iter_times)
-        return recent[len(recent) // 2] if recent else None
+        """Seconds one more iteration takes (IterationTimes.median)."""
+        return self.iter_times.median()
 
     @property
     def recent_s(self):
         """The median of the RECENT newest iterations (the first one apart); None before there are
         that many."""
-        recent = sorted(self.iter_times[1:][-self.RECENT:])
-        return recent[len(recent) // 2] if len(recent) == self.RECENT else None
+        return self.iter_times.recent(self.RECENT)
 
     def slowdown(self):
         """How many times slower the recent iterations run than those before the last measured
@@ -167,8 +189,8 @@ class Stopped(BaseException):
 
 class StopSignals:
     """Ctrl-C and SIGTERM (schedulers, torchrun) stop the loop at the next iteration boundary,
-    which saves the training state to last.pt; a second signal interrupts (KeyboardInterrupt) as
-soon as the running operation returns to Python. Inside
+    which saves the training state to last.pt; a second signal interrupts (KeyboardInterrupt)
+    as soon as the running operation returns to Python. Inside
     abandoning() the first signal also ends the work under way at once (raises Stopped), for work
     that changes no training state and would make the signal wait minutes: an evaluation, the
     dtype/compile measurement, compiling. `received`: the first signal's number, None until one
@@ -271,7 +293,8 @@ class RunControl:
         self.t_prev = None
         self.training_phase = False  # the heartbeat says "training" (not evaluating or writing)
         self.last_eval_s = None  # seconds the last whole evaluation took
-        self.iter_times = []  # seconds of each iteration's own work (no evaluation or save)
+        # each iteration's own work (no evaluation or save): the time budget's record, or the estimate's
+        self.iter_times = budget.iter_times if budget is not None else IterationTimes()
         self.estimated = None  # the estimate printed (seconds for the whole run), once printed
         self.refined = False
 
@@ -433,8 +456,8 @@ class RunControl:
             if self.local_iters == 0:
                 self.budget.loop_started(self.t_mark)
             self.budget.iter_done(t1 - self.t_mark)  # the iteration alone, without an evaluation before it
-        self.iter_times.append(t1 - self.t_mark)
-        del self.iter_times[1:-9]  # the first (warm-up, compiling) and the 9 newest
+        else:
+            self.iter_times.add(t1 - self.t_mark)
         if self.estimated is None and self.local_iters == 1:  # no evaluation came first (a resumed run)
             self.print_estimate(eval_s=None)
         elif not self.refined and len(self.iter_times) >= 10 and self.last_eval_s is not None:
@@ -452,19 +475,13 @@ class RunControl:
 
     # ---- what the run will cost -----------------------------------------------------------
 
-    def iter_s(self):
-        """Seconds per iteration: the median of the recent ones (the first, with its warm-up and
-        compiling, only until there are others); None before any."""
-        recent = sorted(self.iter_times[1:] or self.iter_times)
-        return recent[len(recent) // 2] if recent else None
-
     def time_left(self, iter_num):
         """Seconds from iteration iter_num to the end at the measured pace, the evaluations to
         come included (None with a time budget, which says that itself, or before a measurement)."""
-        if self.budget is not None or self.iter_s() is None or self.c.eval_only:
+        if self.budget is not None or self.iter_times.median() is None or self.c.eval_only:
             return None
         eval_s = self.last_eval_s if self.last_eval_s is not None else 0.0
-        return progress.estimate_s(iter_num, self.c.max_iters, self.c.eval_interval, self.iter_s(), eval_s)
+        return progress.estimate_s(iter_num, self.c.max_iters, self.c.eval_interval, self.iter_times.median(), eval_s)
 
     def print_estimate(self, eval_s):
         """The run's cost, printed once (rank 0, without a time budget), from the best times known:
@@ -476,8 +493,8 @@ class RunControl:
             self.estimated = 0.0
             return
         n_fwd = c.eval_iters // run.eval_batches * 2
-        if self.iter_s() is not None:
-            iter_s = self.iter_s()
+        if self.iter_times.median() is not None:
+            iter_s = self.iter_times.median()
         elif run.micro_step_s:
             iter_s = run.micro_step_s * run.grad_accum
         elif eval_s:
@@ -504,7 +521,7 @@ class RunControl:
         spent = time.time() - self.metrics.t_start
         if abs(spent + left - self.estimated) > 0.25 * self.estimated:
             line = progress.estimate_line(iter_num + 1, self.c.max_iters, self.c.eval_interval,
-                                          self.iter_s(), self.last_eval_s, what='measured, the rest of this run')
+                                          self.iter_times.median(), self.last_eval_s, what='measured, the rest of this run')
             print(line)
 
     def summary(self, iter_num, best_val_loss):
