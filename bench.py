@@ -169,19 +169,12 @@ def bench_train(c, dev, setups):
 
 def chosen_setup(c, dev, device_type):
     """What train.py would run with these settings: the optimizer ('auto' resolved as train.py
-    resolves it), dtype and compile measured on a CPU (autotune.py, for a run of the config
-    file's max_iters or time_budget), by rule elsewhere."""
+    resolves it), dtype and compile as train.py resolves them (autotune.resolve: measured for a
+    run of the config file's max_iters or time_budget where 'auto' allows, by rule elsewhere)."""
     optimizer = resolve_optimizer(c.optimizer, device_type, dev)
-    if device_type == 'cpu' and 'auto' in (c.dtype, c.compile):
-        fixed = devices.resolve_dtype(c.dtype, device_type) if c.dtype != 'auto' else 'auto'
-        why_not = devices.compile_unavailable(device_type)
-        compile_ = False if (why_not and c.compile is True) else c.compile
-        steps = (c.run_iters + 1) * c.gradient_accumulation_steps
-        dtype, math_attention, compile_, _, _ = autotune.choose(build_model(c, dev), c.batch_size, fixed, compile_,
-                                                             steps, c.run_budget or None, not why_not)
-    else:
-        dtype = devices.resolve_dtype(c.dtype, device_type, device=dev)
-        compile_, math_attention = devices.resolve_compile(c.compile, device_type), False
+    steps = (c.run_iters + 1) * c.gradient_accumulation_steps
+    dtype, math_attention, compile_, _, _ = autotune.resolve(build_model(c, dev), c.batch_size, c.dtype, c.compile,
+                                                             device_type, dev, steps, c.run_budget or None)
     fused = device_type in ('cpu', 'cuda') if c.fused == 'auto' else c.fused  # as configure_optimizers
     return Setup(dtype, compile_, fused, optimizer, math=math_attention)
 

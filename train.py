@@ -206,7 +206,7 @@ def train(c, given=None, t0=None):
     data = {split: open_split(data_dir, split, c.dataset, c.block_size, model_args['vocab_size'])
             for split in ('train', 'val')}
     model.to(run.device)
-    run, compiled = autotune.choose_for_training(model, c, run, ckpt, budget)  # dtype, compile (measured on a CPU)
+    run, compiled = autotune.choose_for_training(model, c, run, ckpt, budget)  # dtype, compile: measured where auto
     masks = cpu.MaskSource()  # dropout masks for eager CPU training; seeded below
     cpu.prepare_training(model, run, masks)  # eager on a CPU: those masks, and the written-out attention if chosen
     ctx = autocast_ctx(run.device_type, run.dtype)

@@ -1,6 +1,7 @@
 """
 dtype and torch.compile on the CPU, chosen by measuring this model and batch (dtype=auto,
-compile=auto in train.py and bench.py).
+compile=auto in train.py and bench.py); on a CUDA GPU, torch.compile chosen the same way (the
+dtype there follows the rule of devices.py: bfloat16 where native).
 
 CPUs differ too much for a rule: without bf16 units (AVX2 only) bfloat16 matmuls are emulated
 and slower than float32; with AVX512-BF16 or AMX they are faster (docs/speed.md has figures), but
@@ -15,8 +16,14 @@ kept too. The measurements are cached per machine, torch version and model/batch
 ~/.cache/nanogpt/autotune.json (NANOGPT_CACHE_DIR or XDG_CACHE_HOME move it), so the next run
 starts at once. The model's weights and the random streams are left exactly as they were.
 
-train.py asks choose_for_training, which measures on a CPU and applies the rule of devices.py
-(resolve_dtype, resolve_compile) on GPUs and MPS; bench.py asks choose.
+On a GPU the same trial decides compile=auto: eager micro-steps cost milliseconds there, the
+compile some seconds, so a short run (a smoke test, a fine-tune of a few hundred iterations)
+stays eager and the long ones compile; after the first compile on a GPU its measured compile
+time and compiled step time, cached, decide exactly.
+
+train.py (choose_for_training) and bench.py ask resolve(): a measurement where something is
+'auto' on a CPU or compile is 'auto' on CUDA, the rule of devices.py (resolve_dtype,
+resolve_compile) elsewhere.
 """
 
 import json
@@ -31,9 +38,11 @@ from .errors import UserError, warn_once
 
 TRIAL_SECONDS = 4.0  # time for the timed eager micro-steps of all candidates together
 # compiling is tried when the run's expected saving, at this fraction of its eager time, is more
-# than the compile time (measured earlier on this machine, else COMPILE_GUESS_S per 6 layers)
-COMPILE_GAIN_GUESS = 0.15
-COMPILE_GUESS_S = 60.0
+# than the compile time (measured earlier on this machine, else the guess per 6 layers). On a
+# CPU the matmuls dominate a step and the fused elementwise work is a small share; on a GPU
+# eager steps also pay a kernel launch per elementwise op, which compiling fuses away.
+COMPILE_GAIN_GUESS = {'cpu': 0.10, 'cuda': 0.35}
+COMPILE_GUESS_S = {'cpu': 60.0, 'cuda': 16.0}  # cuda: bench.py's compile of the 6x384 model on an H200
 
 
 def cache_file():
@@ -54,10 +63,20 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def cache_key(cfg, batch_size):
+def machine_name(device='cpu'):
+    """The CPU's model name, or the GPU's."""
+    if torch.device(device).type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+def cache_key(cfg, batch_size, device='cpu'):
     """Machine, software and shape: what the timings depend on."""
-    return (f"{cpu_name()} | bf16 units {devices.cpu_has_bf16_units()} | {torch.get_num_threads()} threads | "
-            f"torch {torch.__version__} | {cfg.n_layer}x{cfg.n_embd} h{cfg.n_head} vocab {cfg.vocab_size} "
+    if torch.device(device).type == 'cpu':
+        machine = f"{cpu_name()} | bf16 units {devices.cpu_has_bf16_units()} | {torch.get_num_threads()} threads"
+    else:
+        machine = f"{machine_name(device)} | {torch.device(device).type}"
+    return (f"{machine} | torch {torch.__version__} | {cfg.n_layer}x{cfg.n_embd} h{cfg.n_head} vocab {cfg.vocab_size} "
             f"bias {cfg.bias} dropout {cfg.dropout} | batch {batch_size} x {cfg.block_size}")
 
 
@@ -91,12 +110,14 @@ def label(key, compiled=False):
     return f"{dtype} {'compiled' if compiled else 'eager'}" + (', attention written out' if attn else '')
 
 
-def candidates(model, dtype):
-    """'float32', 'bfloat16' (where the CPU has bf16 units, or when asked for) and, without
-    dropout, 'bfloat16+math': attention as matmuls and softmax instead of torch's fused CPU
-    kernel, which measures slower in bfloat16 at short block sizes on some CPUs. float32 keeps
-    the fused kernel and with it the original's numbers; with dropout the CPU path is written
-    out anyway (nanogpt/cpu.py)."""
+def candidates(model, dtype, device_type='cpu'):
+    """On a CPU: 'float32', 'bfloat16' (where the CPU has bf16 units, or when asked for) and,
+    without dropout, 'bfloat16+math': attention as matmuls and softmax instead of torch's fused
+    CPU kernel, which measures slower in bfloat16 at short block sizes on some CPUs. float32
+    keeps the fused kernel and with it the original's numbers; with dropout the CPU path is
+    written out anyway (nanogpt/cpu.py). On a GPU: the one dtype the rule gave."""
+    if device_type != 'cpu':
+        return [dtype]
     dtypes = [dtype] if dtype != 'auto' else ['float32'] + (['bfloat16'] if devices.cpu_has_bf16_units() else [])
     keys = []
     for d in dtypes:
@@ -108,33 +129,43 @@ def candidates(model, dtype):
 
 class Trial:
     """Forward+backward micro-steps of the real model on random tokens of the real shape, eager
-    ones as train.py runs them on a CPU (its own dropout masks, nanogpt/cpu.py). The weights never
-    change (no optimizer step); gradients are dropped, the CPU random state is put back and the
-    model is left in its plain form afterwards."""
+    ones as train.py runs them (on a CPU with its own dropout masks, nanogpt/cpu.py). The weights
+    never change (no optimizer step); gradients are dropped, the random states (the CPU's, and
+    the GPU's where the model is on one) are put back and the model is left in its plain form."""
 
     def __init__(self, model, batch_size, seed=0):
         cfg = model.config
+        self.device = next(model.parameters()).device
         g = torch.Generator().manual_seed(seed)
-        self.x = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), generator=g)
-        self.y = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), generator=g)
+        self.x = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), generator=g).to(self.device)
+        self.y = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), generator=g).to(self.device)
         self.model = model
         self.masks = cpu.MaskSource()
         self.masks.seed(seed)
 
     def step(self, fwd, key, compiled=False):
         dtype, _, attn = key.partition('+')
-        if compiled:  # a compiled model keeps nn.Dropout and the fused attention
+        if self.device.type != 'cpu':
+            pass  # nn.Dropout and the fused attention, as train.py runs a GPU
+        elif compiled:  # a compiled model keeps nn.Dropout and the fused attention
             cpu.use_dropout_masks(self.model, None)
         elif not cpu.use_dropout_masks(self.model, self.masks):
             cpu.use_written_out_attention(self.model, bool(attn))
+        self.sync()
         t0 = time.perf_counter()
-        with devices.autocast_ctx('cpu', dtype):
+        with devices.autocast_ctx(self.device.type, dtype):
             _, loss = fwd(self.x, self.y)
         loss.backward()
+        self.sync()  # GPU kernels run asynchronously: the time is the kernels', not their launches'
         return time.perf_counter() - t0
+
+    def sync(self):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
 
     def __enter__(self):
         self.rng = torch.get_rng_state()
+        self.cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == 'cuda' else None
         self.was_training = self.model.training
         self.model.train()
         return self
@@ -143,6 +174,8 @@ class Trial:
         self.model.zero_grad(set_to_none=True)
         cpu.use_dropout_masks(self.model, None)
         torch.set_rng_state(self.rng)
+        if self.cuda_rng is not None:
+            torch.cuda.set_rng_state(self.cuda_rng, self.device)
         self.model.train(self.was_training)
 
 
@@ -158,13 +191,20 @@ def measure_eager(trial, keys):
     return {k: sorted(t)[len(t) // 2] for k, t in times.items()}
 
 
-def compile_guess(cache, n_layer):
-    """Seconds compiling is expected to take: the slowest measured on this machine per layer,
-    scaled to n_layer; COMPILE_GUESS_S per 6 layers before any measurement."""
-    per_layer = [e['compile_s'] / e['n_layer'] for e in cache.values()
-                 if isinstance(e, dict) and e.get('compile_s') and e.get('n_layer')
-                 and e.get('cpu') == cpu_name()]
-    return max(per_layer) * n_layer if per_layer else COMPILE_GUESS_S * n_layer / 6
+def compile_guess(cache, n_layer, device='cpu'):
+    """Seconds compiling is expected to take: the slowest measured on this machine (this CPU,
+    or this GPU model) per layer, scaled to n_layer; the device type's COMPILE_GUESS_S per 6
+    layers before any measurement."""
+    measured = [e for e in cache.values() if isinstance(e, dict) and e.get('compile_s') and e.get('n_layer')]
+    machine = machine_name(device) if measured else None
+    per_layer = [e['compile_s'] / e['n_layer'] for e in measured if e.get('cpu') == machine]
+    return max(per_layer) * n_layer if per_layer else COMPILE_GUESS_S[torch.device(device).type] * n_layer / 6
+
+
+def worth_trying_compile(run_s, guess_s, device_type):
+    """Before compiling was ever measured for this shape: does a run of run_s eager seconds
+    save more than the guessed compile time, at the device type's guessed gain?"""
+    return run_s * COMPILE_GAIN_GUESS[device_type] > guess_s
 
 
 def pick(times, compile_s, steps=None, seconds=None):
@@ -182,19 +222,21 @@ Choice = namedtuple('Choice', 'dtype math_attention compile compiled_model micro
 
 
 def choose(model, batch_size, dtype, compile, run_steps, budget_s=None, compile_ok=True, log=print):
-    """Choice(dtype, math_attention, compile, compiled_model or None, micro_step_s) for CPU
-    training: micro_step_s is the chosen candidate's measured seconds per forward+backward (None
-    when nothing was measured). dtype, compile: 'auto' or fixed. run_steps: micro-steps the run
-    will take (without a budget); budget_s: seconds left in a time budget. compile_ok: False
-    where compiling cannot work. The heartbeat (nanogpt/progress.py) says what it measures."""
-    with progress.phase("measuring forward+backward in each dtype (compile=auto, dtype=auto)"):
+    """Choice(dtype, math_attention, compile, compiled_model or None, micro_step_s) for training
+    the model where it is (a CPU, or a GPU with its dtype fixed): micro_step_s is the chosen
+    candidate's measured seconds per forward+backward (None when nothing was measured). dtype,
+    compile: 'auto' or fixed. run_steps: micro-steps the run will take (without a budget);
+    budget_s: seconds left in a time budget. compile_ok: False where compiling cannot work. The
+    heartbeat (nanogpt/progress.py) says what it measures."""
+    with progress.phase("measuring forward+backward (compile=auto, dtype=auto)"):
         return _choose(model, batch_size, dtype, compile, run_steps, budget_s, compile_ok, log)
 
 
 def _choose(model, batch_size, dtype, compile, run_steps, budget_s, compile_ok, log):
-    keys = candidates(model, dtype)
+    device = next(model.parameters()).device
+    keys = candidates(model, dtype, device.type)
     cache = load_cache()
-    key = cache_key(model.config, batch_size)
+    key = cache_key(model.config, batch_size, device)
     entry = cache.get(key) or {}
     eager = {k: entry['eager'][k] for k in keys if k in entry.get('eager', {})}
     compiled_model = None
@@ -202,7 +244,7 @@ def _choose(model, batch_size, dtype, compile, run_steps, budget_s, compile_ok, 
         if len(eager) < len(keys) and (len(keys) > 1 or compile == 'auto'):
             eager = measure_eager(trial, keys)
             entry = dict(entry, eager=dict(entry.get('eager', {}), **eager), n_layer=model.config.n_layer,
-                         cpu=cpu_name(), when=time.strftime('%Y-%m-%d %H:%M:%S'))
+                         cpu=machine_name(device), when=time.strftime('%Y-%m-%d %H:%M:%S'))
             store(key, entry)
             source = "measured"
         else:
@@ -222,9 +264,9 @@ def _choose(model, batch_size, dtype, compile, run_steps, budget_s, compile_ok, 
                 times[(dtype, True)] = cached_compiled
                 want = pick(times, compile_s, run_steps, budget_s)[1]
             else:
-                guess = compile_guess(cache, model.config.n_layer)
+                guess = compile_guess(cache, model.config.n_layer, device)
                 run_s = budget_s if budget_s is not None else run_steps * eager.get(best, 0.0)
-                want = run_s * COMPILE_GAIN_GUESS > 1.5 * guess  # 1.5: evaluation compiles a second graph
+                want = worth_trying_compile(run_s, guess, device.type)
                 if not want:
                     log(f"auto compile: not tried (a run of ~{run_s:.0f}s would not repay ~{guess:.0f}s of compiling)")
             if want:
@@ -254,36 +296,47 @@ def _choose(model, batch_size, dtype, compile, run_steps, budget_s, compile_ok, 
     return Choice(dtype, math_attention, use_compile, compiled_model, step_s)
 
 
-def choose_for_training(model, c, run, ckpt, budget):
-    """(run with dtype, compile and written_out_attention resolved, the compiled model or None):
-    'auto' by measurement on a CPU (choose), by rule on GPUs and MPS. `run`: the settings.Run;
-    `ckpt`: the resumed checkpoint or None; `budget`: the TimeBudget or None. Under torchrun every
-    process measures, and rank 0's choice holds for all."""
-    measure = run.device_type == 'cpu' and 'auto' in (c.dtype, c.compile) and not run.fsdp
-    dtype, compile_ = c.dtype, c.compile
-    if dtype != 'auto' or not measure:
-        dtype = devices.resolve_dtype(dtype, run.device_type, device=run.device)  # checks a fixed choice
+def resolve(model, batch_size, dtype, compile, device_type, device, run_steps, budget_s=None, fsdp=False):
+    """Choice for training `model` (on `device` already) with these settings, as train.py runs
+    it: 'auto' measured (choose) where something is 'auto' on a CPU or compile is 'auto' on a
+    CUDA GPU, the rule of devices.py elsewhere (MPS, FSDP); a fixed dtype is checked either way."""
+    if compile not in ('auto', True, False):
+        raise UserError(f"compile must be True, False or auto, got {compile!r}")
+    on_cpu = device_type == 'cpu' and 'auto' in (dtype, compile)
+    measure = (on_cpu or (device_type == 'cuda' and compile == 'auto')) and not fsdp
+    if dtype != 'auto' or device_type != 'cpu' or not measure:
+        dtype = devices.resolve_dtype(dtype, device_type, device=device)
     if not measure:
-        return run.but(dtype=dtype, compile=devices.resolve_compile(compile_, run.device_type),
-                       eval_batches=devices.eval_batches(c, model.config.vocab_size, run.device_type)), None
-    if compile_ not in ('auto', True, False):
-        raise UserError(f"compile must be True, False or auto, got {compile_!r}")
-    why_not = devices.compile_unavailable('cpu')
-    if why_not and compile_ is True:
+        return Choice(dtype, False, devices.resolve_compile(compile, device_type), None, None)
+    why_not = devices.compile_unavailable(device_type)
+    if why_not and compile is True:
         warn_once(f"torch.compile unavailable ({why_not}); running eager")
-        compile_ = False
-    steps = (c.max_iters - (ckpt['iter_num'] if ckpt else 0) + 1) * run.grad_accum
+        compile = False
+    if why_not and device_type != 'cpu':
+        print(f"compile: False (auto: {why_not})")
+        return Choice(dtype, False, False, None, None)
     # a stop signal abandons the measurement: the loop then stops before its first iteration
-    choice = control.abandonable(choose, model, c.batch_size, dtype, compile_, steps,
-                                 budget.left() if budget else None, not why_not)
+    choice = control.abandonable(choose, model, batch_size, dtype, compile, run_steps, budget_s, not why_not)
     if choice is None:
         print("dtype/compile measurement abandoned: stopping")
         choice = Choice('float32' if dtype == 'auto' else dtype, False, False, None, None)
-    dtype, written_out, use_compile, compiled, step_s = choice
-    if run.ddp:  # every process measured; rank 0's choice holds for all
+    return choice
+
+
+def choose_for_training(model, c, run, ckpt, budget):
+    """(run with dtype, compile and written_out_attention resolved, the compiled model or None):
+    resolve() for train.py. `run`: the settings.Run; `ckpt`: the resumed checkpoint or None;
+    `budget`: the TimeBudget or None. Under torchrun every process measures, and rank 0's choice
+    holds for all."""
+    steps = (c.max_iters - (ckpt['iter_num'] if ckpt else 0) + 1) * run.grad_accum
+    dtype, written_out, use_compile, compiled, step_s = resolve(
+        model, c.batch_size, c.dtype, c.compile, run.device_type, run.device, steps,
+        budget.left() if budget else None, run.fsdp)
+    if run.ddp:  # every process measured (or applied the rule); rank 0's choice holds for all
         import torch.distributed as dist
         choice = [dtype, written_out, use_compile]
         dist.broadcast_object_list(choice, src=0)
         dtype, written_out, use_compile = choice
-        compiled = (compiled or devices.compile_model(model)) if use_compile else None
-    return run.but(dtype=dtype, compile=use_compile, written_out_attention=written_out, micro_step_s=step_s), compiled
+        compiled = compiled if use_compile else None  # else compile_and_wrap compiles
+    return run.but(dtype=dtype, compile=use_compile, written_out_attention=written_out, micro_step_s=step_s,
+                   eval_batches=devices.eval_batches(c, model.config.vocab_size, run.device_type)), compiled

@@ -3,7 +3,7 @@ The GPU device check (not collected by pytest): the used-by commands on one GPU,
 original's way of running them on the same machine, side by side in one run, with ratios.
 
     python tests/gpu_check.py --input=path/to/tinyshakespeare/input.txt          # one H200: ~7 min
-    python tests/gpu_check.py --input=... --device=cpu --max_iters=20 --seeds=1   # a smoke test anywhere
+    python tests/gpu_check.py --input=... --smoke      # the script itself checked on a CPU: ~3 min, a tiny model
 
 1. Training, `python train.py config/train_shakespeare_char.py` end to end (wall time of the
    command) and per iteration (the median of its iter lines), for each seed; then the same run the
@@ -48,7 +48,11 @@ def iter_ms(stdout):
     return statistics.median(times[3:] or times)
 
 
-def original_train(out_dir, seed, device, max_iters, eval_interval=250, eval_iters=200):
+SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64)  # config/train_shakespeare_char.py
+SMOKE_SHAPE = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8)
+
+
+def original_train(out_dir, seed, device, max_iters, eval_interval=250, eval_iters=200, shape=SHAPE):
     """The original nanoGPT's shakespeare_char run, its loop as it does it: bfloat16 autocast (or
     float32 on a CPU), torch.compile in default mode, fused AdamW, and an evaluation that reads
     each batch's loss with .item(). Returns (seconds, median ms per iteration, best val loss)."""
@@ -57,7 +61,8 @@ def original_train(out_dir, seed, device, max_iters, eval_interval=250, eval_ite
     from model import GPT, GPTConfig
     from train import get_lr
     from types import SimpleNamespace
-    c = SimpleNamespace(learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=5000)
+    c = SimpleNamespace(learning_rate=1e-3, min_lr=1e-4, warmup_iters=100 if max_iters == 5000 else 0,
+                        lr_decay_iters=max_iters)  # the config's schedule, or the short one main() gives train.py
     t_start = time.time()
     torch.manual_seed(seed)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -65,7 +70,7 @@ def original_train(out_dir, seed, device, max_iters, eval_interval=250, eval_ite
     data_dir = os.path.join(ROOT, 'data', 'shakespeare_char')
     cuda = device.startswith('cuda')
     ctx = torch.autocast('cuda', dtype=torch.bfloat16) if cuda else torch.autocast('cpu', enabled=False)
-    B, T = 64, 256
+    B, T = shape['batch_size'], shape['block_size']
 
     def get_batch(split):
         data = np.memmap(os.path.join(data_dir, f'{split}.bin'), dtype=np.uint16, mode='r')
@@ -76,8 +81,8 @@ def original_train(out_dir, seed, device, max_iters, eval_interval=250, eval_ite
             return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
         return x.to(device), y.to(device)
 
-    model = GPT(GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=T, vocab_size=65, bias=False,
-                          dropout=0.2)).to(device)
+    model = GPT(GPTConfig(n_layer=shape['n_layer'], n_head=shape['n_head'], n_embd=shape['n_embd'], block_size=T,
+                          vocab_size=65, bias=False, dropout=0.2)).to(device)
     optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), 'cuda' if cuda else 'cpu')
     if cuda:
         model = torch.compile(model)
@@ -119,10 +124,10 @@ def original_train(out_dir, seed, device, max_iters, eval_interval=250, eval_ite
     return time.time() - t_start, statistics.median(times[3:] or times), best
 
 
-def reevaluate(out_dir, device):
-    """The val loss of out_dir/ckpt.pt on 200 fresh batches (train.py --eval_only)."""
+def reevaluate(out_dir, device, eval_iters=200, extra=()):
+    """The val loss of out_dir/ckpt.pt on eval_iters fresh batches (train.py --eval_only)."""
     _, out = sh(['train.py', 'config/train_shakespeare_char.py', '--init_from=resume', f'--out_dir={out_dir}',
-                 '--eval_only=True', '--eval_iters=200', f'--device={device}'])
+                 '--eval_only=True', f'--eval_iters={eval_iters}', f'--device={device}', *extra])
     return float(re.findall(r'val loss ([\d.]+)', out)[-1])
 
 
@@ -155,21 +160,27 @@ def main():
     p.add_argument('--device', default='cuda')
     p.add_argument('--max_iters', type=int, default=5000)
     p.add_argument('--seeds', type=int, default=2)
+    p.add_argument('--smoke', action='store_true', help="a tiny model for 20 iterations on the CPU: checks the script")
     p.add_argument('--out', default='gpu_check.json')
     a = p.parse_args()
+    if a.smoke:
+        a.device, a.max_iters, a.seeds = 'cpu', 20, 1
     sh(['data/shakespeare_char/prepare.py', f'--input={a.input}'])
     import torch
     rows = {'torch': torch.__version__, 'device': torch.cuda.get_device_name() if a.device.startswith('cuda') else a.device}
+    shape = SMOKE_SHAPE if a.smoke else SHAPE
+    sized = [f'--{k}={v}' for k, v in shape.items()] if a.smoke else []
     short = [] if a.max_iters == 5000 else [f'--max_iters={a.max_iters}', f'--lr_decay_iters={a.max_iters}', '--warmup_iters=0',
                                              f'--eval_interval={max(1, a.max_iters // 4)}', '--eval_iters=20']
     for s in range(a.seeds):
         seed = 1337 + s
         out_dir = f'/tmp/gpu-check-ours-{seed}'
         wall, log = sh(['train.py', 'config/train_shakespeare_char.py', f'--out_dir={out_dir}', f'--seed={seed}',
-                        f'--device={a.device}', *short])
-        rows[f'ours seed {seed}'] = dict(wall_s=wall, iter_ms=iter_ms(log), val=reevaluate(out_dir, a.device))
+                        f'--device={a.device}', *short, *sized])
+        rows[f'ours seed {seed}'] = dict(wall_s=wall, iter_ms=iter_ms(log),
+                                       val=reevaluate(out_dir, a.device, 20 if short else 200, sized))
         t, ms, best = original_train(out_dir, seed, a.device, a.max_iters, *(
-            (max(1, a.max_iters // 4), 20) if short else ()))
+            (max(1, a.max_iters // 4), 20) if short else (250, 200)), shape=shape)
         rows[f'original seed {seed}'] = dict(wall_s=t, iter_ms=ms, val=best)
         print(json.dumps(rows, indent=1), flush=True)
     out_dir = '/tmp/gpu-check-ours-1337'

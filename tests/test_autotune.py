@@ -107,3 +107,30 @@ def test_without_dropout_written_out_attention_is_a_bf16_candidate(cache_dir, mo
     assert (dtype, math_attention) == (best.partition('+')[0], best.endswith('+math'))
     assert all(blk.attn.flash for blk in model.transformer.h)  # the trial put it back
     assert autotune.candidates(model, 'float32') == ['float32']  # float32 keeps the fused kernel
+
+
+def test_compile_is_tried_for_long_runs_only_at_each_device_types_guesses():
+    """Before any compile was measured: the used-by command on a GPU (~5000 steps of ~10 ms eager)
+    tries compiling, a short GPU run does not; the five-minute CPU recipe (4 layers, a 300 s
+    budget) does not either (compiling would take much of its budget)."""
+    gpu_guess = autotune.compile_guess({}, 6, 'cuda')
+    assert autotune.worth_trying_compile(5001 * 0.010, gpu_guess, 'cuda')
+    assert not autotune.worth_trying_compile(201 * 0.010, gpu_guess, 'cuda')
+    assert not autotune.worth_trying_compile(300.0, autotune.compile_guess({}, 4, 'cpu'), 'cpu')
+    assert autotune.worth_trying_compile(3000.0, autotune.compile_guess({}, 6, 'cpu'), 'cpu')
+
+
+def test_a_measured_compile_on_this_machine_replaces_the_guess():
+    machine = autotune.machine_name('cpu')
+    cache = {'a': {'compile_s': 30.0, 'n_layer': 3, 'cpu': machine},
+             'b': {'compile_s': 8.0, 'n_layer': 2, 'cpu': machine},
+             'c': {'compile_s': 900.0, 'n_layer': 1, 'cpu': 'another machine'}}
+    assert autotune.compile_guess(cache, 6, 'cpu') == pytest.approx(60.0)  # the slowest per layer here: 10 s
+
+
+def test_resolve_applies_the_rule_where_nothing_is_auto(cache_dir):
+    choice = autotune.resolve(tiny(), 4, 'float32', False, 'cpu', 'cpu', run_steps=100)
+    assert choice == autotune.Choice('float32', False, False, None, None)
+    assert not (cache_dir / 'autotune.json').exists()
+    with pytest.raises(Exception, match="compile must be True, False or auto, got 'yes'"):
+        autotune.resolve(tiny(), 4, 'auto', 'yes', 'cpu', 'cpu', run_steps=100)

@@ -53,6 +53,26 @@ def test_auto_dtype_on_this_gpu(char_dataset, tmp_path, capsys):
     assert s['config']['dtype'] == ('bfloat16' if native_bf16() else 'float16')
 
 
+def test_compile_auto_on_cuda_is_measured_against_the_run(char_dataset, tmp_path, monkeypatch, capsys):
+    """A short run stays eager without compiling; where the guess says compiling repays, it is
+    tried, its compile time and compiled step are measured and cached, and it is kept if faster."""
+    import json
+    from nanogpt import autotune
+    monkeypatch.setenv('NANOGPT_CACHE_DIR', str(tmp_path / 'cache'))
+    s = train.main(cuda_args(str(tmp_path / 'short'), char_dataset, compile='auto', max_iters=2, eval_interval=2))
+    out = capsys.readouterr().out
+    assert s['config']['compile'] is False and 'auto compile: not tried' in out
+    monkeypatch.setitem(autotune.COMPILE_GUESS_S, 'cuda', 1e-3)  # any run repays a free compile: try it
+    s = train.main(cuda_args(str(tmp_path / 'long'), char_dataset, compile='auto', max_iters=4, eval_interval=2))
+    out = capsys.readouterr().out
+    assert 'auto compile: float32 compiled' in out, out
+    with open(tmp_path / 'cache' / 'autotune.json') as f:
+        (entry,) = json.load(f).values()
+    assert entry['cpu'] == torch.cuda.get_device_name() and entry['compile_s'] > 0 and entry['compiled']['float32'] > 0
+    # the compile time is spent by now: the compiled model is kept if its step is the faster
+    assert s['config']['compile'] is (entry['compiled']['float32'] < entry['eager']['float32'])
+
+
 def test_resume_on_cuda_continues_the_run(char_dataset, tmp_path):
     """Batches and dropout masks (the CUDA generator is in the checkpoint) are the same; CUDA
     kernels may differ in the last bits (atomics in the embedding backward)."""
