@@ -183,4 +183,9 @@ def resumed_settings(c, ckpt, defaults, given=None):
         raise UserError(f"cannot resume with block_size={c.block_size}: the checkpoint was trained with "
                         f"block_size={margs['block_size']} and position embeddings cannot grow; "
                         f"use --block_size={margs['block_size']} or less")
+    it = int(ckpt.get('iter_num', 0))
+    if not getattr(c, 'eval_only', False) and getattr(c, 'max_iters', it) < it:
+        raise UserError(f"cannot resume with max_iters={c.max_iters}: the checkpoint is at iteration {it} already; "
+                        f"give a larger --max_iters (with --lr_decay_iters to match) to train on, "
+                        f"or --eval_only=True to evaluate it")
     return c

@@ -66,6 +66,8 @@ def check_settings(c):
         raise UserError(f"top_p must be in (0, 1], got {c.top_p} (1.0 disables it)")
     if c.tokens and c.stop:
         raise UserError("stop matches text, and tokens=True prints token ids: drop --stop, or --tokens=False")
+    if not -2 ** 63 <= c.seed < 2 ** 64:  # what torch.manual_seed takes
+        raise UserError(f"seed must be an integer from -2**63 to 2**64-1, got {c.seed} (e.g. --seed=1337)")
 
 
 def load_model(c):

@@ -152,6 +152,8 @@ RESUME_CASES = {
     'truncated ckpt.pt': (lambda b: b[:len(b) // 2], {}, ['ckpt.pt is not a loadable checkpoint', 'truncated']),
     'model_args clash': (lambda b: b, {'n_layer': 3}, ['the checkpoint has n_layer=2 but n_layer=3 was given']),
     'larger block_size': (lambda b: b, {'block_size': 64}, ['cannot resume with block_size=64', '--block_size=32']),
+    'max_iters already passed': (lambda b: b, {'max_iters': 1}, ['cannot resume with max_iters=1',
+                                                                  'at iteration 2 already', '--eval_only=True']),
 }
 
 

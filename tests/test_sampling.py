@@ -377,6 +377,7 @@ def test_sample_errors_are_one_line(error_runs, name, expected):
     ('--top_p=0', 'top_p must be in (0, 1], got 0'),
     ('--top_p=1.5', 'top_p must be in (0, 1], got 1.5'),
     ('--tokens=True --stop=x', 'stop matches text, and tokens=True prints token ids'),
+    ('--seed=18446744073709551616', 'seed must be an integer from -2**63 to 2**64-1, got 18446744073709551616'),
 ])
 def test_bad_sampling_settings_are_user_errors(arg, message):
     """The settings checks run before anything is loaded; the subprocess cases above already show
