@@ -114,9 +114,8 @@ def test_budgeted_run_closes_itself_inside_the_budget(char_dataset, tmp_path, ca
     iters = [e for e in events if e['event'] == 'iter']
     assert len(iters) == n
     assert events[-1]['event'] == 'eval' and events[-1]['elapsed'] <= saved['time']['spent']
-    # the schedule ran its course with the clock (exactly to min_lr: test_budget_progress_and_closing...);
-    # how close the last iteration comes depends on how long iterations took on this machine
-    assert decay_position(iters[-1]['lr'], BUDGET_RUN) > 0.5
+    # how far the schedule got depends on this machine's timing (a stall of a few iterations
+    # rightly closes early): test_budget_progress_and_closing... checks it on a recorded clock
 
 
 def test_resumed_budget_continues_clock_and_schedule(char_dataset, tmp_path):

@@ -11,6 +11,7 @@ import re
 import torch
 
 from conftest import run_script, tiny_args
+from nanogpt import checkpoint
 from test_reliability import ONE_THREAD, one_thread, read_until, start_training  # noqa: F401 (autouse fixture)
 import train
 
@@ -94,7 +95,8 @@ def test_one_training_run_per_out_dir(char_dataset, tmp_path, capsys):
     lock = os.path.join(out, 'train.lock')
     assert json.load(open(lock))['pid'] == first.pid  # left behind by the killed run
     capsys.readouterr()
-    train.main(tiny_args(out, char_dataset, init_from='resume', max_iters=1, peak_flops=1e12))
+    reached = checkpoint.find_resume_checkpoint(out)['iter_num']
+    train.main(tiny_args(out, char_dataset, init_from='resume', max_iters=reached + 1, peak_flops=1e12))
     stdout = capsys.readouterr().out
     assert f'was left by a run that no longer runs (pid {first.pid}' in stdout and 'Resuming training' in stdout
     assert not os.path.exists(lock)  # released when the run ended
