@@ -69,15 +69,15 @@ def slow_eval_args(out, dataset, **kw):
 
 
 def test_slow_evaluation_prints_progress_and_the_estimate(char_dataset, tmp_path):
-    r = run_script('train.py', *slow_eval_args(str(tmp_path / 'o'), char_dataset, eval_iters=300,
-                                               max_iters=4, eval_interval=2), env=QUICK)
+    r = run_script('train.py', *slow_eval_args(str(tmp_path / 'o'), char_dataset, eval_iters=200,
+                                               max_iters=2, eval_interval=2), env=QUICK)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     beats = [x for x in lines if x.startswith('... evaluating at iter 0: ')]
-    assert beats and all(' batch ' in x and ' of 300 (' in x for x in beats), r.stdout
-    # printed during the step-0 evaluation, before its result: 5 iterations, 3 evaluations
+    assert beats and all(' batch ' in x and ' of 200 (' in x for x in beats), r.stdout
+    # printed during the step-0 evaluation, before its result: 3 iterations, 2 evaluations
     est = next(i for i, x in enumerate(lines) if x.startswith('this run: '))
-    assert lines[est].startswith('this run: 5 iterations x ~') and '+ 3 evaluations x ~' in lines[est]
+    assert lines[est].startswith('this run: 3 iterations x ~') and '+ 2 evaluations x ~' in lines[est]
     assert est < next(i for i, x in enumerate(lines) if x.startswith('step 0:'))
     assert 'is long for a CPU' not in r.stdout  # seconds, not half an hour
 

@@ -414,6 +414,17 @@ def test_engine_draws_the_tokens_of_the_plain_generate(kw):
     assert torch.equal(engine.generate(m, prompt, 2 * BLOCK, **kw), plain)
 
 
+def test_compiled_engine_draws_the_tokens_of_the_plain_generate():
+    """Engine(compile=True): the decode step compiled over the static cache (captured in CUDA graphs
+    on a GPU) and the window step compiled, both at fixed shapes, past block_size too."""
+    m = tiny_model()
+    prompt = torch.randint(50, (2, 5), generator=torch.Generator().manual_seed(4))
+    torch.manual_seed(3)
+    plain = m.generate(prompt, 2 * BLOCK, temperature=0.9, top_k=10)
+    torch.manual_seed(3)
+    assert torch.equal(engine.Engine(m, compile=True).generate(prompt, 2 * BLOCK, temperature=0.9, top_k=10), plain)
+
+
 # ---- the tokenizer that belongs to the model -------------------------------------------------------
 
 def test_tokens_prints_the_ids_of_the_text_sample(trained, capsys):
