@@ -206,7 +206,7 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         else:
             # generating: only the last position is read, so only its logits are computed
-            logits = self.lm_head(x[:, [-1], :])  # a list index keeps the time dimension
+            logits = self.lm_head(x[:, -1:, :])  # a slice keeps the time dimension, and needs no host index
             loss = None
 
         return logits, loss

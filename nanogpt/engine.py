@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import warn_once
+
 
 class KVCache(nn.Module):
     """The keys and values of one attention layer for the positions seen so far: (B, nh,
@@ -125,6 +127,57 @@ def decoding_attention(device):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
+class CapturedStep:
+    """A step (decode_step, or a window step) replayed from a CUDA graph, for eager generation on
+    CUDA (Engine without compile). At batch 1 a small model's step is a hundred-odd kernel
+    launches of a few microseconds of work each, so the GPU mostly waits on the host; a graph
+    replays them all with one launch. No compiling: capturing takes milliseconds, so even a short
+    generation repays it. The steps' shapes are fixed (the static cache, a window of block_size
+    tokens), so one capture serves every token: the graph reads and writes fixed addresses, the
+    cache's buffers and its own copies of the step's tensor inputs, and its logits are
+    overwritten by the next replay (generate reads them before). Captured at the first call after
+    reset() (for decoding, after the prefill made the cache); generate() resets it when it drops
+    the cache. If capturing fails: one warning, and eager steps from then on."""
+
+    def __init__(self, step):
+        self.step = step
+        self.graph = None
+        self.failed = False
+
+    def reset(self):
+        self.graph = self.inputs = self.logits = None
+
+    def _capture(self, model, inputs):
+        self.inputs = [t.clone() for t in inputs]
+        # warm-up steps outside the capture, on a side stream, as torch.cuda.graph asks; a decode
+        # step writes the same keys and values at the same position as the real step will
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.step(model, *self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits = self.step(model, *self.inputs)
+        self.graph = graph
+
+    def __call__(self, model, *inputs):
+        if not self.failed and self.graph is None:
+            try:
+                self._capture(model, inputs)
+            except Exception as e:  # a kernel or a host sync that cannot be captured
+                self.failed = True
+                self.reset()
+                warn_once(f"generating without CUDA graphs ({type(e).__name__}: {str(e).strip()[:160]})")
+        if self.failed:
+            return self.step(model, *inputs)
+        for static, t in zip(self.inputs, inputs):
+            static.copy_(t)
+        self.graph.replay()
+        return self.logits
+
+
 class NonFiniteLogitsError(ValueError):
     """The logits held inf or nan: broken weights, or an overflow in reduced precision."""
 
@@ -140,16 +193,19 @@ def check_logits_finite(finite):
 
 class Engine:
     """Generation for one model. compile=True compiles the decode and window steps (fixed shapes:
-    on CUDA they are captured in CUDA graphs, mode 'reduce-overhead')."""
+    on CUDA they are captured in CUDA graphs, mode 'reduce-overhead'); without it, on CUDA the
+    eager decode and window steps are captured in CUDA graphs (CapturedStep)."""
 
     def __init__(self, model, compile=False):
         self.model = model
         self.decode, self.window = decode_step, last_position_window_step
+        cuda = model.lm_head.weight.device.type == 'cuda'
         if compile:
-            cuda = model.lm_head.weight.device.type == 'cuda'
             opts = dict(mode='reduce-overhead' if cuda else None, dynamic=False)
             self.decode = torch.compile(decode_step, **opts)
             self.window = torch.compile(window_step, **opts)
+        elif cuda:
+            self.decode, self.window = CapturedStep(decode_step), CapturedStep(last_position_window_step)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True,
@@ -199,6 +255,9 @@ class Engine:
                 if unchecked:
                     check_logits_finite(finite)
         finally:
+            for step in (self.decode, self.window):
+                if isinstance(step, CapturedStep):
+                    step.reset()  # the decode graph writes into the cache dropped next
             set_caches(model, False)
         return seq[:, :n]
 

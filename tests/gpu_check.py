@@ -132,8 +132,10 @@ def reevaluate(out_dir, device, eval_iters=200, extra=()):
 
 
 def decode_rates(out_dir, device):
-    """Tokens/s of the decode alone (500 new tokens) at batch 1 and 5: the engine and the original's
-    generate, on the checkpoint's model, in the dtype sample.py picks."""
+    """Tokens/s of the decode alone (500 new tokens) at batch 1 and 5, in the dtype sample.py picks,
+    on the checkpoint's model: the engine as sample.py runs it (on CUDA its decode step replayed
+    from a CUDA graph), the engine compiled (sample.py --compile=True: mode reduce-overhead), and
+    the original's generate."""
     import torch
     from nanogpt import devices
     from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
@@ -141,11 +143,13 @@ def decode_rates(out_dir, device):
     model = model_from_checkpoint(load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))).to(device).eval()
     dev_type = devices.device_type_of(device)
     ctx = devices.autocast_ctx(dev_type, devices.resolve_dtype('auto', dev_type, device))
-    engine = Engine(model, compile=dev_type == 'cuda')
+    ways = {'engine': Engine(model).generate, 'original': model.generate}
+    if dev_type == 'cuda':
+        ways['engine compiled'] = Engine(model, compile=True).generate
     rates = {}
     for batch in (1, 5):
         x = torch.zeros((batch, 6), dtype=torch.long, device=device)
-        for name, fn in (('engine', engine.generate), ('original', model.generate)):
+        for name, fn in ways.items():
             with torch.no_grad(), ctx:
                 fn(x, 300, temperature=0.8, top_k=200).tolist()  # warm-up: compiling, CUDA graphs
                 t0 = time.time()
@@ -201,6 +205,8 @@ def main():
         'decode batch 1 (engine / original)': rates[('engine', 1)] / rates[('original', 1)],
         'decode batch 5 (engine / original)': rates[('engine', 5)] / rates[('original', 5)],
     }
+    if ('engine compiled', 1) in rates:
+        rows['ratios']['decode batch 1 (engine compiled / original)'] = rates[('engine compiled', 1)] / rates[('original', 1)]
     print(json.dumps(rows, indent=1))
     with open(a.out, 'w') as f:
         json.dump(rows, f, indent=1)

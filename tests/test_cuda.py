@@ -86,6 +86,7 @@ def test_resume_on_cuda_continues_the_run(char_dataset, tmp_path):
 
 
 def test_cached_and_uncached_sampling_agree_on_cuda():
+    """The decode and window steps replayed from CUDA graphs draw the plain steps' tokens."""
     from model import GPT, GPTConfig
     from nanogpt.engine import Engine
     torch.manual_seed(0)
@@ -94,8 +95,20 @@ def test_cached_and_uncached_sampling_agree_on_cuda():
     out = {}
     for use_cache in (False, True):
         torch.manual_seed(1)
-        out[use_cache] = Engine(model).generate(x, 40, temperature=0, use_cache=use_cache)  # greedy: past block_size too
+        engine = Engine(model)
+        out[use_cache] = engine.generate(x, 40, temperature=0, use_cache=use_cache)  # greedy: past block_size too
     assert torch.equal(out[False], out[True])
+    assert not engine.decode.failed and not engine.window.failed  # steps replayed from CUDA graphs (CapturedStep)
+    for dtype in (torch.float32, torch.bfloat16):  # sampled tokens too, graph against plain steps
+        with torch.autocast('cuda', dtype=dtype, enabled=dtype != torch.float32):
+            torch.manual_seed(2)
+            graphed = engine.generate(x, 20, temperature=0.8, top_k=10)
+            torch.manual_seed(2)
+            plain = Engine(model, compile=False).generate(x, 20, temperature=0.8, top_k=10, use_cache=False)
+        assert not engine.decode.failed and engine.decode.graph is None  # dropped with the cache
+        assert not engine.window.failed and engine.window.graph is None
+        if dtype == torch.float32:
+            assert torch.equal(graphed, plain)
 
 
 def test_pinned_batches_arrive_on_the_gpu(char_dataset):
