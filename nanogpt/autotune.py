@@ -302,19 +302,17 @@ def resolve(model, batch_size, dtype, compile, device_type, device, run_steps, b
     CUDA GPU, the rule of devices.py elsewhere (MPS, FSDP); a fixed dtype is checked either way."""
     if compile not in ('auto', True, False):
         raise UserError(f"compile must be True, False or auto, got {compile!r}")
+    why_not = devices.compile_unavailable(device_type)
     on_cpu = device_type == 'cpu' and 'auto' in (dtype, compile)
-    measure = (on_cpu or (device_type == 'cuda' and compile == 'auto')) and not fsdp
-    if dtype != 'auto' or device_type != 'cpu' or not measure:
+    on_gpu = device_type == 'cuda' and compile == 'auto' and not why_not  # else the rule says why not
+    measure = (on_cpu or on_gpu) and not fsdp
+    if dtype != 'auto' or not on_cpu or not measure:
         dtype = devices.resolve_dtype(dtype, device_type, device=device)
     if not measure:
         return Choice(dtype, False, devices.resolve_compile(compile, device_type), None, None)
-    why_not = devices.compile_unavailable(device_type)
     if why_not and compile is True:
         warn_once(f"torch.compile unavailable ({why_not}); running eager")
         compile = False
-    if why_not and device_type != 'cpu':
-        print(f"compile: False (auto: {why_not})")
-        return Choice(dtype, False, False, None, None)
     # a stop signal abandons the measurement: the loop then stops before its first iteration
     choice = control.abandonable(choose, model, batch_size, dtype, compile, run_steps, budget_s, not why_not)
     if choice is None:
