@@ -3,17 +3,21 @@ The GPU device check (not collected by pytest): the used-by commands on one GPU,
 original's way of running them on the same machine, side by side in one run, with ratios.
 
     python tests/gpu_check.py --input=path/to/tinyshakespeare/input.txt          # one H200: ~7 min
-    python tests/gpu_check.py --input=... --smoke      # the script itself checked on a CPU: ~3 min, a tiny model
+    python tests/gpu_check.py --input=... --smoke      # the script itself checked on a CPU: ~30 s, a tiny model
 
 1. Training, `python train.py config/train_shakespeare_char.py` end to end (wall time of the
-   command) and per iteration (the median of its iter lines), for each seed; then the same run the
-   way the original runs it: its step (bfloat16 autocast, torch.compile in default mode, fused
-   AdamW) and its evaluation (one batch and one host sync at a time), written out below as
-   original_train() over this project's model.py (the same GPT). Validation loss: a fresh
-   200-batch evaluation of each run's best checkpoint.
+   command) and per iteration (from its metrics.jsonl: the time between logged iterations with no
+   evaluation between them), for each seed; then the same run the way the original runs it, in
+   a process of its own: its step (bfloat16 autocast, torch.compile in default mode, fused
+   AdamW), the loss read at log_interval, and its evaluation (one batch and one host sync at a
+   time), written out below as original_train() over this project's model.py (the same GPT).
+   Validation loss: ours a fresh 200-batch evaluation of each run's best checkpoint; the
+   original's the best of its own 200-batch evaluations (a lower bar, as the best of several
+   noisy evaluations is biased low).
 2. Sampling, `python sample.py --out_dir=... --start="ROMEO:" --num_samples=5` end to end against
-   the original's generate (model.generate: the whole context re-run for each token) on the same
-   checkpoint, and tokens/s of the decode alone at batch 1 and 5.
+   the same command with --kv_cache=False (the original's algorithm, the whole context re-run for
+   each token) on the same checkpoint, and tokens/s of the decode alone at batch 1 and 5: the
+   engine as sample.py runs it, the engine compiled, and the original's generate.
 
 Prints one table; writes it to --out as JSON too.
 """
@@ -42,20 +46,33 @@ def sh(args, **kw):
     return wall, r.stdout
 
 
-def iter_ms(stdout):
-    """Median iteration time of a train.py log, the first iterations (compiling) left out."""
-    times = [float(m) for m in re.findall(r'^iter \d+: loss [\d.]+, time ([\d.]+)ms', stdout, re.M)]
-    return statistics.median(times[3:] or times)
+def iter_ms(out_dir):
+    """Median milliseconds per iteration of a train.py run, from its metrics.jsonl: the elapsed
+    time between consecutive logged iterations with no evaluation between them, per iteration.
+    (Its iter lines' own times leave out GPU work still queued: on a GPU the loop waits for the
+    GPU only at log_interval.)"""
+    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
+        events = [json.loads(line) for line in f]
+    spans, last = [], None
+    for e in events:
+        if e['event'] == 'eval':
+            last = None
+        elif e['event'] == 'iter':
+            if last is not None and e['iter'] > last['iter']:
+                spans.append(1000 * (e['elapsed'] - last['elapsed']) / (e['iter'] - last['iter']))
+            last = e
+    return statistics.median(spans) if spans else float('nan')
 
 
+LOG_INTERVAL = 10  # config/train_shakespeare_char.py's log_interval
 SHAPE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64)  # config/train_shakespeare_char.py
 SMOKE_SHAPE = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=8)
 
 
-def original_train(out_dir, seed, device, max_iters, eval_interval=250, eval_iters=200, shape=SHAPE):
+def original_train(seed, device, max_iters, eval_interval=250, eval_iters=200, shape=SHAPE):
     """The original nanoGPT's shakespeare_char run, its loop as it does it: bfloat16 autocast (or
     float32 on a CPU), torch.compile in default mode, fused AdamW, and an evaluation that reads
-    each batch's loss with .item(). Returns (seconds, median ms per iteration, best val loss)."""
+    each batch's loss with .item(). Returns (median ms per iteration, best val loss)."""
     import numpy as np
     import torch
     from model import GPT, GPTConfig
@@ -63,7 +80,6 @@ def original_train(out_dir, seed, device, max_iters, eval_interval=250, eval_ite
     from types import SimpleNamespace
     c = SimpleNamespace(learning_rate=1e-3, min_lr=1e-4, warmup_iters=100 if max_iters == 5000 else 0,
                         lr_decay_iters=max_iters)  # the config's schedule, or the short one main() gives train.py
-    t_start = time.time()
     torch.manual_seed(seed)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -102,13 +118,13 @@ def original_train(out_dir, seed, device, max_iters, eval_interval=250, eval_ite
         model.train()
         return out
 
-    best, times, X, Y = 1e9, [], *get_batch('train')
-    t0 = time.time()
-    for it in range(max_iters + 1):
+    best, marks, X, Y = 1e9, [], *get_batch('train')
+    for it in range(max_iters + 1):  # the original breaks once iter_num passes max_iters
         for g in optimizer.param_groups:
             g['lr'] = get_lr(it, c)
         if it % eval_interval == 0:
             best = min(best, estimate_loss()['val'])
+            marks.append(None)  # no iteration span across an evaluation
         with ctx:
             _, loss = model(X, Y)
         X, Y = get_batch('train')
@@ -116,12 +132,11 @@ def original_train(out_dir, seed, device, max_iters, eval_interval=250, eval_ite
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss.item()  # the original reads the loss at every iteration (log_interval 10 prints; .item() each time)
-        t1 = time.time()
-        times.append((t1 - t0) * 1000)
-        t0 = t1
-    best = min(best, estimate_loss()['val'])
-    return time.time() - t_start, statistics.median(times[3:] or times), best
+        if it % LOG_INTERVAL == 0:  # the original reads the loss (a host sync) only to print it
+            loss.item()
+            marks.append((it, time.time()))
+    spans = [1000 * (b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(marks, marks[1:]) if a and b]
+    return statistics.median(spans) if spans else float('nan'), best
 
 
 def reevaluate(out_dir, device, eval_iters=200, extra=()):
@@ -166,26 +181,32 @@ def main():
     p.add_argument('--seeds', type=int, default=2)
     p.add_argument('--smoke', action='store_true', help="a tiny model for 20 iterations on the CPU: checks the script")
     p.add_argument('--out', default='gpu_check.json')
+    p.add_argument('--original_seed', type=int, help="(internal) run the original's loop alone, print its JSON")
     a = p.parse_args()
     if a.smoke:
         a.device, a.max_iters, a.seeds = 'cpu', 20, 1
+    shape = SMOKE_SHAPE if a.smoke else SHAPE
+    sized = [f'--{k}={v}' for k, v in shape.items()] if a.smoke else []
+    eval_every = max(2 * LOG_INTERVAL, a.max_iters // 4)  # a short run: iteration spans between evaluations
+    short = [] if a.max_iters == 5000 else [f'--max_iters={a.max_iters}', f'--lr_decay_iters={a.max_iters}', '--warmup_iters=0',
+                                             f'--eval_interval={eval_every}', '--eval_iters=20']
+    if a.original_seed is not None:  # a process of its own, so that its end to end counts start-up as ours does
+        ms, best = original_train(a.original_seed, a.device, a.max_iters,
+                                     *((eval_every, 20) if short else (250, 200)), shape=shape)
+        print(json.dumps(dict(iter_ms=ms, val=best)))
+        return
     sh(['data/shakespeare_char/prepare.py', f'--input={a.input}'])
     import torch
     rows = {'torch': torch.__version__, 'device': torch.cuda.get_device_name() if a.device.startswith('cuda') else a.device}
-    shape = SMOKE_SHAPE if a.smoke else SHAPE
-    sized = [f'--{k}={v}' for k, v in shape.items()] if a.smoke else []
-    short = [] if a.max_iters == 5000 else [f'--max_iters={a.max_iters}', f'--lr_decay_iters={a.max_iters}', '--warmup_iters=0',
-                                             f'--eval_interval={max(1, a.max_iters // 4)}', '--eval_iters=20']
     for s in range(a.seeds):
         seed = 1337 + s
         out_dir = f'/tmp/gpu-check-ours-{seed}'
-        wall, log = sh(['train.py', 'config/train_shakespeare_char.py', f'--out_dir={out_dir}', f'--seed={seed}',
+        wall, _ = sh(['train.py', 'config/train_shakespeare_char.py', f'--out_dir={out_dir}', f'--seed={seed}',
                         f'--device={a.device}', *short, *sized])
-        rows[f'ours seed {seed}'] = dict(wall_s=wall, iter_ms=iter_ms(log),
+        rows[f'ours seed {seed}'] = dict(wall_s=wall, iter_ms=iter_ms(out_dir),
                                        val=reevaluate(out_dir, a.device, 20 if short else 200, sized))
-        t, ms, best = original_train(out_dir, seed, a.device, a.max_iters, *(
-            (max(1, a.max_iters // 4), 20) if short else (250, 200)), shape=shape)
-        rows[f'original seed {seed}'] = dict(wall_s=t, iter_ms=ms, val=best)
+        wall, out = sh(['tests/gpu_check.py', *sys.argv[1:], f'--original_seed={seed}'])
+        rows[f'original seed {seed}'] = dict(wall_s=wall, **json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows, indent=1), flush=True)
     out_dir = '/tmp/gpu-check-ours-1337'
     sample = ['sample.py', f'--out_dir={out_dir}', '--start=ROMEO:', '--num_samples=5', f'--device={a.device}']
