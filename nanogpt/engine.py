@@ -203,7 +203,7 @@ class Engine:
         if compile:
             opts = dict(mode='reduce-overhead' if cuda else None, dynamic=False)
             self.decode = torch.compile(decode_step, **opts)
-            self.window = torch.compile(window_step, **opts)
+            self.window = torch.compile(last_position_window_step, **opts)
         elif cuda:
             self.decode, self.window = CapturedStep(decode_step), CapturedStep(last_position_window_step)
 
