@@ -173,8 +173,9 @@ def chosen_setup(c, dev, device_type):
     run of the config file's max_iters or time_budget where 'auto' allows, by rule elsewhere)."""
     optimizer = resolve_optimizer(c.optimizer, device_type, dev)
     steps = (c.run_iters + 1) * c.gradient_accumulation_steps
-    dtype, math_attention, compile_, _, _ = autotune.resolve(build_model(c, dev), c.batch_size, c.dtype, c.compile,
-                                                             device_type, dev, steps, c.run_budget or None)
+    model = build_model(c, dev) if autotune.measures(c.dtype, c.compile, device_type) else None
+    dtype, math_attention, compile_, _, _ = autotune.resolve(model, c.batch_size, c.dtype, c.compile, device_type,
+                                                             dev, steps, c.run_budget or None)
     fused = device_type in ('cpu', 'cuda') if c.fused == 'auto' else c.fused  # as configure_optimizers
     return Setup(dtype, compile_, fused, optimizer, math=math_attention)
 

@@ -296,20 +296,28 @@ def _choose(model, batch_size, dtype, compile, run_steps, budget_s, compile_ok, 
     return Choice(dtype, math_attention, use_compile, compiled_model, step_s)
 
 
+def measures(dtype, compile, device_type, fsdp=False):
+    """Whether resolve() measures (and so needs the model): something 'auto' on a CPU, or
+    compile 'auto' on a CUDA GPU where torch.compile works (elsewhere the rule says why not);
+    never under FSDP."""
+    on_cpu = device_type == 'cpu' and 'auto' in (dtype, compile)
+    on_gpu = device_type == 'cuda' and compile == 'auto' and not devices.compile_unavailable(device_type)
+    return (on_cpu or on_gpu) and not fsdp
+
+
 def resolve(model, batch_size, dtype, compile, device_type, device, run_steps, budget_s=None, fsdp=False):
     """Choice for training `model` (on `device` already) with these settings, as train.py runs
     it: 'auto' measured (choose) where something is 'auto' on a CPU or compile is 'auto' on a
-    CUDA GPU, the rule of devices.py elsewhere (MPS, FSDP); a fixed dtype is checked either way."""
+    CUDA GPU, the rule of devices.py elsewhere (MPS, FSDP); a fixed dtype is checked either way.
+    `model` may be None where nothing is measured (measures() is False)."""
     if compile not in ('auto', True, False):
         raise UserError(f"compile must be True, False or auto, got {compile!r}")
-    why_not = devices.compile_unavailable(device_type)
-    on_cpu = device_type == 'cpu' and 'auto' in (dtype, compile)
-    on_gpu = device_type == 'cuda' and compile == 'auto' and not why_not  # else the rule says why not
-    measure = (on_cpu or on_gpu) and not fsdp
-    if dtype != 'auto' or not on_cpu or not measure:
+    measure = measures(dtype, compile, device_type, fsdp)
+    if dtype != 'auto' or device_type != 'cpu' or not measure:
         dtype = devices.resolve_dtype(dtype, device_type, device=device)
     if not measure:
         return Choice(dtype, False, devices.resolve_compile(compile, device_type), None, None)
+    why_not = devices.compile_unavailable(device_type)
     if why_not and compile is True:
         warn_once(f"torch.compile unavailable ({why_not}); running eager")
         compile = False
