@@ -19,7 +19,7 @@ original's way of running them on the same machine, side by side in one run, wit
    each token) on the same checkpoint, and tokens/s of the decode alone at batch 1 and 5: the
    engine as sample.py runs it, the engine compiled, and the original's generate.
 
-Prints one table; writes it to --out as JSON too.
+Prints the table and writes it to --out as JSON after each part (a run cut short keeps what it measured).
 """
 
 import argparse
@@ -146,11 +146,11 @@ def reevaluate(out_dir, device, eval_iters=200, extra=()):
     return float(re.findall(r'val loss ([\d.]+)', out)[-1])
 
 
-def decode_rates(out_dir, device):
-    """Tokens/s of the decode alone (500 new tokens) at batch 1 and 5, in the dtype sample.py picks,
-    on the checkpoint's model: the engine as sample.py runs it (on CUDA its decode step replayed
-    from a CUDA graph), the engine compiled (sample.py --compile=True: mode reduce-overhead), and
-    the original's generate."""
+def decode_rates(out_dir, device, ways):
+    """{'<way> batch <b>': tokens/s} of the decode alone (500 new tokens) at batch 1 and 5, in the
+    dtype sample.py picks, on the checkpoint's model. ways: 'engine' (as sample.py runs it: on CUDA
+    its steps replayed from CUDA graphs), 'engine compiled' (sample.py --compile=True: mode
+    reduce-overhead), 'original' (model.generate, the whole context re-run for each token)."""
     import torch
     from nanogpt import devices
     from nanogpt.checkpoint import load_checkpoint, model_from_checkpoint
@@ -158,18 +158,18 @@ def decode_rates(out_dir, device):
     model = model_from_checkpoint(load_checkpoint(os.path.join(out_dir, 'ckpt.pt'))).to(device).eval()
     dev_type = devices.device_type_of(device)
     ctx = devices.autocast_ctx(dev_type, devices.resolve_dtype('auto', dev_type, device))
-    ways = {'engine': Engine(model).generate, 'original': model.generate}
-    if dev_type == 'cuda':
-        ways['engine compiled'] = Engine(model, compile=True).generate
+    make = {'engine': lambda: Engine(model).generate, 'engine compiled': lambda: Engine(model, compile=True).generate,
+            'original': lambda: model.generate}
     rates = {}
-    for batch in (1, 5):
-        x = torch.zeros((batch, 6), dtype=torch.long, device=device)
-        for name, fn in ways.items():
+    for name in ways:
+        fn = make[name]()
+        for batch in (1, 5):
+            x = torch.zeros((batch, 6), dtype=torch.long, device=device)
             with torch.no_grad(), ctx:
                 fn(x, 300, temperature=0.8, top_k=200).tolist()  # warm-up: compiling, CUDA graphs
                 t0 = time.time()
                 fn(x, 500, temperature=0.8, top_k=200).tolist()
-                rates[(name, batch)] = batch * 500 / (time.time() - t0)
+                rates[f'{name} batch {batch}'] = batch * 500 / (time.time() - t0)
     return rates
 
 
@@ -198,40 +198,54 @@ def main():
     sh(['data/shakespeare_char/prepare.py', f'--input={a.input}'])
     import torch
     rows = {'torch': torch.__version__, 'device': torch.cuda.get_device_name() if a.device.startswith('cuda') else a.device}
-    for s in range(a.seeds):
-        seed = 1337 + s
+    seeds = [1337 + s for s in range(a.seeds)]
+    # the cheap, telling parts first and the table written after each, so that a run cut short
+    # by its time limit still leaves what it measured: one seed, sampling, the other seeds, and
+    # the compiled decode (minutes of compiling) last
+    for i, seed in enumerate(seeds):
         out_dir = f'/tmp/gpu-check-ours-{seed}'
         wall, _ = sh(['train.py', 'config/train_shakespeare_char.py', f'--out_dir={out_dir}', f'--seed={seed}',
-                        f'--device={a.device}', *short, *sized])
+                      f'--device={a.device}', *short, *sized])
         rows[f'ours seed {seed}'] = dict(wall_s=wall, iter_ms=iter_ms(out_dir),
                                        val=reevaluate(out_dir, a.device, 20 if short else 200, sized))
         wall, out = sh(['tests/gpu_check.py', *sys.argv[1:], f'--original_seed={seed}'])
         rows[f'original seed {seed}'] = dict(wall_s=wall, **json.loads(out.strip().splitlines()[-1]))
-        print(json.dumps(rows, indent=1), flush=True)
-    out_dir = '/tmp/gpu-check-ours-1337'
-    sample = ['sample.py', f'--out_dir={out_dir}', '--start=ROMEO:', '--num_samples=5', f'--device={a.device}']
-    rows['sample.py wall s (engine)'] = sh(sample)[0]
-    rows['sample.py wall s (kv_cache=False)'] = sh(sample + ['--kv_cache=False'])[0]
-    rates = decode_rates(out_dir, a.device)
-    rows['tokens/s'] = {f'{n} batch {b}': r for (n, b), r in rates.items()}
-    seeds = [1337 + s for s in range(a.seeds)]
-    ours = [rows[f'ours seed {s}'] for s in seeds]
-    orig = [rows[f'original seed {s}'] for s in seeds]
+        report(rows, a.out)
+        if i == 0:
+            sample = ['sample.py', f'--out_dir={out_dir}', '--start=ROMEO:', '--num_samples=5', f'--device={a.device}']
+            rows['sample.py wall s (engine)'] = sh(sample)[0]
+            rows['sample.py wall s (kv_cache=False)'] = sh(sample + ['--kv_cache=False'])[0]
+            rows['tokens/s'] = decode_rates(out_dir, a.device, ('engine', 'original'))
+            report(rows, a.out)
+    if a.device.startswith('cuda'):
+        rows['tokens/s'].update(decode_rates(f'/tmp/gpu-check-ours-{seeds[0]}', a.device, ('engine compiled',)))
+    ratios = report(rows, a.out)
+    assert all(math.isfinite(v) for v in ratios.values())
+
+
+def report(rows, path):
+    """rows['ratios'] from what is measured so far; prints the table and writes it to path."""
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    rows['ratios'] = {
-        'train end to end (original / ours)': mean([o['wall_s'] for o in orig]) / mean([o['wall_s'] for o in ours]),
-        'train per iteration (original / ours)': mean([o['iter_ms'] for o in orig]) / mean([o['iter_ms'] for o in ours]),
-        'val loss, ours - original (mean)': mean([o['val'] for o in ours]) - mean([o['val'] for o in orig]),
-        'sample.py (kv_cache=False / engine)': rows['sample.py wall s (kv_cache=False)'] / rows['sample.py wall s (engine)'],
-        'decode batch 1 (engine / original)': rates[('engine', 1)] / rates[('original', 1)],
-        'decode batch 5 (engine / original)': rates[('engine', 5)] / rates[('original', 5)],
-    }
-    if ('engine compiled', 1) in rates:
-        rows['ratios']['decode batch 1 (engine compiled / original)'] = rates[('engine compiled', 1)] / rates[('original', 1)]
-    print(json.dumps(rows, indent=1))
-    with open(a.out, 'w') as f:
+    ours = [v for k, v in rows.items() if k.startswith('ours seed')]
+    orig = [v for k, v in rows.items() if k.startswith('original seed')]
+    rate = rows.get('tokens/s', {})
+    ratios = {}
+    if ours and orig:
+        ratios['train end to end (original / ours)'] = mean([o['wall_s'] for o in orig]) / mean([o['wall_s'] for o in ours])
+        ratios['train per iteration (original / ours)'] = mean([o['iter_ms'] for o in orig]) / mean([o['iter_ms'] for o in ours])
+        ratios['val loss, ours - original (mean)'] = mean([o['val'] for o in ours]) - mean([o['val'] for o in orig])
+    if 'sample.py wall s (engine)' in rows:
+        ratios['sample.py (kv_cache=False / engine)'] = (rows['sample.py wall s (kv_cache=False)']
+                                                         / rows['sample.py wall s (engine)'])
+    for name in ('engine', 'engine compiled'):
+        for b in (1, 5):
+            if f'{name} batch {b}' in rate:
+                ratios[f'decode batch {b} ({name} / original)'] = rate[f'{name} batch {b}'] / rate[f'original batch {b}']
+    rows['ratios'] = ratios
+    print(json.dumps(rows, indent=1), flush=True)
+    with open(path, 'w') as f:
         json.dump(rows, f, indent=1)
-    assert all(math.isfinite(v) for v in rows['ratios'].values())
+    return ratios
 
 
 if __name__ == '__main__':
