@@ -184,7 +184,7 @@ def resumed_settings(c, ckpt, defaults, given=None):
                         f"block_size={margs['block_size']} and position embeddings cannot grow; "
                         f"use --block_size={margs['block_size']} or less")
     it = int(ckpt.get('iter_num', 0))
-    if not getattr(c, 'eval_only', False) and getattr(c, 'max_iters', it) < it:
+    if not c.eval_only and c.max_iters < it:
         raise UserError(f"cannot resume with max_iters={c.max_iters}: the checkpoint is at iteration {it} already; "
                         f"give a larger --max_iters (with --lr_decay_iters to match) to train on, "
                         f"or --eval_only=True to evaluate it")

@@ -151,21 +151,17 @@ class Trial:
             cpu.use_dropout_masks(self.model, None)
         elif not cpu.use_dropout_masks(self.model, self.masks):
             cpu.use_written_out_attention(self.model, bool(attn))
-        self.sync()
+        devices.sync(self.device)
         t0 = time.perf_counter()
         with devices.autocast_ctx(self.device.type, dtype):
             _, loss = fwd(self.x, self.y)
         loss.backward()
-        self.sync()  # GPU kernels run asynchronously: the time is the kernels', not their launches'
+        devices.sync(self.device)  # the time is the kernels', not their launches'
         return time.perf_counter() - t0
 
-    def sync(self):
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-
     def __enter__(self):
-        self.rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == 'cuda' else None
+        self.rng = devices.random_state_kept(self.device)
+        self.rng.__enter__()
         self.was_training = self.model.training
         self.model.train()
         return self
@@ -173,9 +169,7 @@ class Trial:
     def __exit__(self, *exc):
         self.model.zero_grad(set_to_none=True)
         cpu.use_dropout_masks(self.model, None)
-        torch.set_rng_state(self.rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state(self.cuda_rng, self.device)
+        self.rng.__exit__(*exc)
         self.model.train(self.was_training)
 
 

@@ -478,10 +478,11 @@ class RunControl:
     def time_left(self, iter_num):
         """Seconds from iteration iter_num to the end at the measured pace, the evaluations to
         come included (None with a time budget, which says that itself, or before a measurement)."""
-        if self.budget is not None or self.iter_times.median() is None or self.c.eval_only:
+        iter_s = self.iter_times.median()
+        if self.budget is not None or iter_s is None or self.c.eval_only:
             return None
         eval_s = self.last_eval_s if self.last_eval_s is not None else 0.0
-        return progress.estimate_s(iter_num, self.c.max_iters, self.c.eval_interval, self.iter_times.median(), eval_s)
+        return progress.estimate_s(iter_num, self.c.max_iters, self.c.eval_interval, iter_s, eval_s)
 
     def print_estimate(self, eval_s):
         """The run's cost, printed once (rank 0, without a time budget), from the best times known:
@@ -493,13 +494,12 @@ class RunControl:
             self.estimated = 0.0
             return
         n_fwd = c.eval_iters // run.eval_batches * 2
-        if self.iter_times.median() is not None:
-            iter_s = self.iter_times.median()
-        elif run.micro_step_s:
+        iter_s = self.iter_times.median()
+        if iter_s is None and run.micro_step_s:
             iter_s = run.micro_step_s * run.grad_accum
-        elif eval_s:
+        elif iter_s is None and eval_s:
             iter_s = 3 * eval_s / n_fwd / run.eval_batches * run.grad_accum
-        else:
+        if iter_s is None:
             return  # nothing measured yet
         if eval_s is None:
             eval_s = n_fwd * iter_s / run.grad_accum / 3 * run.eval_batches

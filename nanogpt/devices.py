@@ -12,7 +12,7 @@ import re
 import shutil
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -242,24 +242,35 @@ class CompiledModel(torch.nn.Module):
         dropped and the random streams put back, so the run computes what it would have."""
         if self.fell_back or self.warm:
             return
-        cfg, device_type = self._orig_mod.config, torch.device(device).type
-        rng = torch.get_rng_state()
-        dev_rng = (torch.cuda.get_rng_state(device) if device_type == 'cuda'
-                   else torch.mps.get_rng_state() if device_type == 'mps' else None)
+        cfg = self._orig_mod.config
         x = torch.randint(cfg.vocab_size, (batch_size, cfg.block_size), generator=torch.Generator().manual_seed(0))
         x = x.to(device)
         try:
-            with autocast_ctx(device_type, dtype):
-                _, loss = self(x, x)
-            loss.backward()
+            with random_state_kept(device):
+                with autocast_ctx(torch.device(device).type, dtype):
+                    _, loss = self(x, x)
+                loss.backward()
         finally:
             self._orig_mod.zero_grad(set_to_none=True)
-            torch.set_rng_state(rng)
-            if device_type == 'cuda':
-                torch.cuda.set_rng_state(dev_rng, device)
-            elif device_type == 'mps':
-                torch.mps.set_rng_state(dev_rng)
         self.__dict__['warm'] = True
+
+
+@contextmanager
+def random_state_kept(device):
+    """Put back the CPU's random state, and `device`'s where it is a GPU, on leaving: for work that
+    draws random numbers (dropout) but must leave a run's streams as they were."""
+    device = torch.device(device)
+    cpu_state = torch.get_rng_state()
+    gpu_state = (torch.cuda.get_rng_state(device) if device.type == 'cuda'
+                 else torch.mps.get_rng_state() if device.type == 'mps' else None)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu_state)
+        if device.type == 'cuda':
+            torch.cuda.set_rng_state(gpu_state, device)
+        elif device.type == 'mps':
+            torch.mps.set_rng_state(gpu_state)
 
 
 def compile_model(module):
@@ -333,10 +344,13 @@ def gpu_table_peak(name, dtype, tf32=True):
     return None
 
 
-def _sync(device):
-    if device.startswith('cuda'):
+def sync(device):
+    """Wait for the work queued on `device` (a name or a torch.device): GPU kernels run
+    asynchronously, so a timing must wait for them."""
+    device = torch.device(device)
+    if device.type == 'cuda':
         torch.cuda.synchronize(device)
-    elif device.startswith('mps'):
+    elif device.type == 'mps':
         torch.mps.synchronize()
 
 
@@ -366,7 +380,7 @@ def measure_matmul_peak(device, dtype, seconds=0.3):
         def batch():
             for _ in range(launches):
                 torch.matmul(a, b, out=out)
-            _sync(device)
+            sync(device)
         batch()  # warm-up: thread pools, kernel selection, clocks
         best, t_end = 0.0, time.perf_counter() + seconds
         while True:

@@ -292,7 +292,7 @@ def test_measured_peak_times_the_planned_launches_between_two_syncs(monkeypatch)
     monkeypatch.setattr(devices, '_measured_peak', {})
     monkeypatch.setattr(devices, 'matmul_peak_plan', lambda device: (64, 5))
     events = []
-    matmul, sync = torch.matmul, devices._sync
+    matmul, sync = torch.matmul, devices.sync
 
     def counted_matmul(*args, **kwargs):
         events.append('matmul')
@@ -302,7 +302,7 @@ def test_measured_peak_times_the_planned_launches_between_two_syncs(monkeypatch)
         events.append('sync')
         return sync(device)
     monkeypatch.setattr(torch, 'matmul', counted_matmul)
-    monkeypatch.setattr(devices, '_sync', counted_sync)
+    monkeypatch.setattr(devices, 'sync', counted_sync)
     peak = devices.measure_matmul_peak('cpu', 'float32', seconds=0.05)
     assert peak > 0
     batches = ''.join('m' if e == 'matmul' else 's' for e in events).split('s')[:-1]
