@@ -23,10 +23,12 @@ that looks complete. The helpers here are shared by the data/*/prepare.py script
 
 import argparse
 import fnmatch
+import gzip
 import hashlib
 import os
 import pickle
 import sys
+import zlib
 
 import numpy as np
 
@@ -80,65 +82,57 @@ def sha256_of(path):
     return h.hexdigest()
 
 
-def fetch(url, path, sha256=None, size=None, local_copies=()):
-    """Make sure `path` holds the file at `url`, checked by size and sha256 when given.
-    Uses an existing good file or a local copy first; downloads (with a progress bar) otherwise."""
-    def good(p):
-        return os.path.isfile(p) and (size is None or os.path.getsize(p) == size) \
-            and (sha256 is None or sha256_of(p) == sha256)
-
-    if os.path.exists(path):
-        if good(path):
-            return path
-        print(f"{path} does not match the expected size/sha256; fetching it again")
-    for p in local_copies:
-        if good(p):
-            print(f"using local copy {p}")
-            with open(p, 'rb') as src:
-                data = src.read()
-            atomic_write(path, lambda f: f.write(data))
-            return path
-    import requests
-    try:
-        with requests.get(url, stream=True, timeout=30) as r:
-            r.raise_for_status()
-            total = int(r.headers.get('content-length', 0)) or size
-            bar = progress(total=total, unit='B', unit_scale=True, desc=f"downloading {os.path.basename(path)}")
-
-            def write(f):
-                for chunk in r.iter_content(1 << 16):
-                    f.write(chunk)
-                    bar.update(len(chunk))
-            atomic_write(path, write)
-            bar.close()
-    except requests.RequestException as e:
-        raise UserError(f"cannot download {url} ({type(e).__name__}); without network, put the file at "
-                        f"{path} or pass --input=PATH") from None
-    if not good(path):
-        os.remove(path)
-        raise UserError(f"the file downloaded from {url} failed its size/sha256 check")
-    return path
-
-
+# Tiny shakespeare ships with the project, gzipped: zlib is in every Python that runs pip, while lzma
+# is missing from some source builds. Its bytes are those of char-rnn's input.txt, at this address:
 TINY_SHAKESPEARE_URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 TINY_SHAKESPEARE_SHA256 = '86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed'
 TINY_SHAKESPEARE_SIZE = 1115394  # characters and bytes: the corpus is ASCII
+SHIPPED_NAME = 'data/tinyshakespeare.txt.gz'  # as the README names it, from the project folder
+TINY_SHAKESPEARE_SHIPPED = os.path.join(DATA_DIR, os.path.basename(SHIPPED_NAME))
 
 
-def fetch_tiny_shakespeare(path, user_copy=None):
-    """The char-rnn tiny shakespeare input.txt at `path`, verified. Before downloading, looks at
-    `user_copy` (--input, which must be that file), the other shakespeare dataset folders, and a
-    shared data folder beside the project (where machines without internet keep a copy)."""
-    if user_copy and not (os.path.isfile(user_copy) and os.path.getsize(user_copy) == TINY_SHAKESPEARE_SIZE
-                          and sha256_of(user_copy) == TINY_SHAKESPEARE_SHA256):
+def is_tiny_shakespeare(path):
+    return os.path.isfile(path) and os.path.getsize(path) == TINY_SHAKESPEARE_SIZE \
+        and sha256_of(path) == TINY_SHAKESPEARE_SHA256
+
+
+def shipped_tiny_shakespeare():
+    """The bytes of tiny shakespeare's input.txt, unpacked from the copy shipped in data/ and checked
+    against its sha256: a missing or damaged copy is one line naming the fix."""
+    fix = (f"restore it (git checkout -- {SHIPPED_NAME}) or pass --input=path/to/input.txt, a copy of "
+           f"{TINY_SHAKESPEARE_URL}")
+    try:
+        with gzip.open(TINY_SHAKESPEARE_SHIPPED, 'rb') as f:
+            data = f.read(TINY_SHAKESPEARE_SIZE + 1)
+    except FileNotFoundError:
+        raise UserError(f"the shipped copy of tiny shakespeare, {SHIPPED_NAME}, is missing: {fix}") from None
+    except (OSError, EOFError, zlib.error):  # not gzip, truncated, or corrupt inside
+        data = None
+    if data is None or hashlib.sha256(data).hexdigest() != TINY_SHAKESPEARE_SHA256:
+        raise UserError(f"the shipped copy of tiny shakespeare, {SHIPPED_NAME}, is damaged (it does not unpack to "
+                        f"the {TINY_SHAKESPEARE_SIZE:,} bytes of sha256 {TINY_SHAKESPEARE_SHA256[:12]}...): {fix}")
+    return data
+
+
+def write_tiny_shakespeare(path, user_copy=None):
+    """Tiny shakespeare's input.txt at `path`, checked by size and sha256: the file already there
+    when it is that, else a copy of `user_copy` (--input, which must be that file), else unpacked
+    from the shipped copy. Nothing is downloaded: the shipped bytes are the same."""
+    if user_copy and not is_tiny_shakespeare(user_copy):
         raise UserError(f"--input {user_copy} is not tiny shakespeare's input.txt (its size or sha256 differs); "
                         f"for a dataset of your own text use: python data/prepare_text.py {user_copy}")
-    here = os.path.dirname(os.path.abspath(path))
-    copies = ((user_copy,) if user_copy else ()) + tuple(
-        os.path.join(DATA_DIR, d, 'input.txt') for d in ('shakespeare_char', 'shakespeare')
-        if os.path.join(DATA_DIR, d) != here) + (
-        os.path.join(DATA_DIR, '..', '..', 'shared', 'data', 'tinyshakespeare', 'input.txt'),)
-    return fetch(TINY_SHAKESPEARE_URL, path, TINY_SHAKESPEARE_SHA256, TINY_SHAKESPEARE_SIZE, local_copies=copies)
+    if is_tiny_shakespeare(path):
+        return path
+    if os.path.exists(path):
+        print(f"{path} is not tiny shakespeare's input.txt (its size or sha256 differs); replacing it")
+    if user_copy:
+        with open(user_copy, 'rb') as f:
+            data = f.read()
+    else:
+        data = shipped_tiny_shakespeare()
+        print(f"unpacked tiny shakespeare from {SHIPPED_NAME}")
+    atomic_write(path, lambda f: f.write(data))
+    return path
 
 
 def read_text(path):

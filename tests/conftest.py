@@ -62,6 +62,10 @@ def tiny_args(out_dir, dataset, **overrides):
     return [f'--{k}={v}' for k, v in settings.items()]
 
 
+# no network for a script: a download through these proxies fails at once
+NO_NETWORK = {'HTTPS_PROXY': 'http://127.0.0.1:9', 'HTTP_PROXY': 'http://127.0.0.1:9', 'NO_PROXY': ''}
+
+
 def run_script(*args, cwd=PROJECT, timeout=300, env=None):
     """Run `python <args>` the way a user would; returns the CompletedProcess (text mode). A
     command that names no --device sees no CUDA GPU, so that it runs, and compares, as on the

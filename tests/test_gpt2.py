@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from conftest import PROJECT, run_script, tiny_args
+from conftest import NO_NETWORK, PROJECT, run_script, tiny_args
 from nanogpt.errors import UserError
 from model import GPT, GPTConfig
 from nanogpt.engine import generate
@@ -200,21 +200,15 @@ def test_export_refusals(tmp_path, tiktoken_cache):
     assert not [f for f in os.listdir(tmp_path) if '.tmp' in f]  # no temporary directory left
 
 
-# no network for prepare.py: a download would fail at once, so the corpus must be found locally
-NO_NETWORK = {'HTTPS_PROXY': 'http://127.0.0.1:9', 'HTTP_PROXY': 'http://127.0.0.1:9', 'NO_PROXY': ''}
-
-
 def test_shakespeare_bpe_prepare(tmp_path, tiktoken_cache, enc):
-    """The prepare script as a user without network runs it: it finds tiny shakespeare where it
-    looks before downloading (data/shakespeare_char/, data/shakespeare/, or the shared data folder
-    beside the checkout, ../shared/data/tinyshakespeare/input.txt)."""
+    """The prepare script as a user without network runs it: tiny shakespeare comes from the copy
+    shipped in data/, the GPT-2 encoding from tiktoken's cache."""
     dest = tmp_path / 'shakespeare'
     dest.mkdir()
     (dest / 'meta.pkl').write_bytes(b'stale')
     r = run_script('data/shakespeare/prepare.py', f'--dest={dest}', env=dict(offline_env(tiktoken_cache), **NO_NETWORK))
-    assert r.returncode == 0 and 'using local copy' in r.stdout, (
-        "tiny shakespeare's input.txt is in none of the places prepare.py looks offline: put it in "
-        f"../shared/data/tinyshakespeare/ beside the checkout, or in data/shakespeare_char/\n{r.stdout}{r.stderr}")
+    assert r.returncode == 0 and 'unpacked tiny shakespeare from data/tinyshakespeare.txt.gz' in r.stdout, \
+        r.stdout + r.stderr
     assert 'train has 301,966 tokens' in r.stdout and 'val has 36,059 tokens' in r.stdout
     train = np.fromfile(dest / 'train.bin', dtype=np.uint16)
     val = np.fromfile(dest / 'val.bin', dtype=np.uint16)

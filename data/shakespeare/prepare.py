@@ -1,8 +1,7 @@
 """
 Tiny shakespeare as GPT-2 BPE tokens, for finetuning GPT-2: data/shakespeare/{train,val}.bin.
 
-    python data/shakespeare/prepare.py                    # downloads input.txt if needed
-    python data/shakespeare/prepare.py --input=/path/to/input.txt    # offline
+    python data/shakespeare/prepare.py                    # tiny shakespeare from data/tinyshakespeare.txt.gz
     python train.py config/finetune_shakespeare.py        # finetune GPT-2 XL on it
 
 The text (1,115,394 characters) is split 90/10 by characters, and each part is encoded with
@@ -19,8 +18,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # data/, for the shared helpers
-from prepare_text import UserError, atomic_write, fetch_tiny_shakespeare, read_text, run, tiktoken_encoding  # noqa: E402
-
+from prepare_text import UserError, atomic_write, read_text, run, tiktoken_encoding, write_tiny_shakespeare  # noqa: E402
 
 
 def encode_split(text, val_fraction=0.1):
@@ -36,7 +34,7 @@ def encode_split(text, val_fraction=0.1):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument('--input', help="a local copy of tiny shakespeare's input.txt")
+    p.add_argument('--input', help="a copy of tiny shakespeare's input.txt to use instead of the shipped one")
     p.add_argument('--dest', help="write train.bin and val.bin here instead of data/shakespeare "
                                   "(train with --dataset=<that directory>)")
     args = p.parse_args(argv)
@@ -45,7 +43,7 @@ def main(argv=None):
     out_dir = os.path.abspath(args.dest) if args.dest else HERE
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, 'input.txt')
-    fetch_tiny_shakespeare(path, args.input)
+    write_tiny_shakespeare(path, args.input)
     train_ids, val_ids = encode_split(read_text(path))
     print(f"train has {len(train_ids):,} tokens")
     print(f"val has {len(val_ids):,} tokens")
