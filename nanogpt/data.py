@@ -20,9 +20,13 @@ import numpy as np
 
 from .errors import UserError, warn_once
 
+__all__ = ['GPT2_PADDED_VOCAB', 'GPT2_VOCAB', 'TokenIds', 'Tokenizer', 'check_same_vocabulary', 'dataset_dir',
+           'dataset_meta', 'load_meta', 'meta_vocab_size', 'open_split', 'read_text_file',
+           'tiktoken_encoding', 'tokenizer_for']
+
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # data/ is here, whatever the working directory
-GPT2_VOCAB = 50257  # GPT-2 BPE's tokens; nanoGPT pads a model trained without meta.pkl to 50304
-GPT2_PADDED = 50304
+GPT2_VOCAB = 50257  # GPT-2 BPE's tokens
+GPT2_PADDED_VOCAB = 50304  # GPT-2's vocabulary padded up to a multiple of 64: a model trained without meta.pkl
 IDS_HINT = "--tokens=True --start=IDS:0"  # sample.py without a tokenizer: token ids in, token ids out
 
 
@@ -228,7 +232,7 @@ def tokenizer_for(dataset, vocab_size):
         tok = Tokenizer(meta, meta_path)
     else:
         print("No meta.pkl found, assuming GPT-2 encodings...")
-        if not GPT2_VOCAB <= vocab_size <= GPT2_PADDED:
+        if not GPT2_VOCAB <= vocab_size <= GPT2_PADDED_VOCAB:
             where = (f"the dataset {dataset!r} has none ({shown} is missing): restore it (re-run the "
                      f"dataset's prepare.py)" if dataset else "a Hugging Face directory carries none")
             raise UserError(f"the model's vocab_size {vocab_size} is not GPT-2's {GPT2_VOCAB}, so its tokenizer "

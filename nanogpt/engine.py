@@ -17,8 +17,8 @@ step shifts every token's position, every cached key goes stale, and no exact sh
 each step there is a window step, the plain algorithm's forward on the last block_size tokens
 (fixed shape too).
 
-The logits agree with the plain algorithm's to float rounding (1e-5 relative in float32), and so
-do the tokens drawn from them; tests/test_sampling.py checks both.
+The logits agree with the plain algorithm's to float rounding, and so do the tokens drawn from
+them; tests/test_sampling.py checks both (docs/sampling.md gives the tolerance).
 """
 
 import contextlib
@@ -28,6 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import warn_once
+
+__all__ = ['Engine', 'NonFiniteLogitsError', 'sample_next']
 
 
 class KVCache(nn.Module):
@@ -260,11 +262,6 @@ class Engine:
                     step.reset()  # the decode graph writes into the cache dropped next
             set_caches(model, False)
         return seq[:, :n]
-
-
-def generate(model, idx, max_new_tokens, **kw):
-    """Engine(model).generate(idx, max_new_tokens, **kw)."""
-    return Engine(model).generate(idx, max_new_tokens, **kw)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
