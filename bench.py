@@ -205,7 +205,7 @@ def bench_sample(c, dev, shape, max_new_tokens):
     ctx = devices.autocast_ctx(device_type, dtype)
     x = torch.randint(cfg.vocab_size, (1, c.prompt_len), generator=torch.Generator().manual_seed(c.seed)).to(dev)
     seconds = {False: 0.0, True: 0.0}
-    cpu = {False: 0.0, True: 0.0}  # process CPU time: on a shared machine it moves less than wall time
+    cpu_seconds = {False: 0.0, True: 0.0}  # process CPU time: on a shared machine it moves less than wall time
     same = True
     with torch.no_grad(), ctx:
         draw = {False: model.generate, True: Engine(model).generate}
@@ -219,13 +219,13 @@ def bench_sample(c, dev, shape, max_new_tokens):
                 out[use_cache] = draw[use_cache](x, max_new_tokens, temperature=0.8,
                                                  top_k=200).tolist()  # .tolist() waits for the device
                 seconds[use_cache] += time.perf_counter() - t0
-                cpu[use_cache] += time.process_time() - c0
+                cpu_seconds[use_cache] += time.process_time() - c0
             same = same and out[False] == out[True]
     n = c.num_samples * max_new_tokens
     return dict(params=model.get_num_params() / 1e6, block=cfg.block_size, new=max_new_tokens, dtype=dtype,
                 ref_s=seconds[False], kv_s=seconds[True], ref_tok_s=n / seconds[False],
                 kv_tok_s=n / seconds[True], speedup=seconds[False] / seconds[True],
-                cpu_speedup=cpu[False] / cpu[True], same=same)
+                cpu_speedup=cpu_seconds[False] / cpu_seconds[True], same=same)
 
 
 def main(argv=None):

@@ -295,11 +295,9 @@ class GPT(nn.Module):
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, fused=None):
         optim_groups = adamw_groups([p for p in self.parameters() if p.requires_grad], weight_decay)
-        decay_params, nodecay_params = (g['params'] for g in optim_groups)
-        num_decay_params = sum(p.numel() for p in decay_params)
-        num_nodecay_params = sum(p.numel() for p in nodecay_params)
-        print(f"num decayed parameter tensors: {len(decay_params)}, with {num_decay_params:,} parameters")
-        print(f"num non-decayed parameter tensors: {len(nodecay_params)}, with {num_nodecay_params:,} parameters")
+        for kind, group in zip(('decayed', 'non-decayed'), optim_groups):
+            params = group['params']
+            print(f"num {kind} parameter tensors: {len(params)}, with {sum(p.numel() for p in params):,} parameters")
         optimizer = adamw(optim_groups, learning_rate, betas, device_type, fused)
         print(f"using fused AdamW: {optimizer.defaults.get('fused') is True}")
         return optimizer
