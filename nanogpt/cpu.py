@@ -21,9 +21,6 @@ import torch.nn as nn
 
 from . import devices
 
-__all__ = ['MaskSource', 'prepare_training', 'training_candidates', 'use_dropout_masks', 'use_eager_paths',
-           'use_written_out_attention']
-
 
 class MaskSource:
     """Dropout masks from numpy's SFC64 (a small chaotic counter-based generator): 64 random bits

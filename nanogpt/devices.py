@@ -169,8 +169,7 @@ def check_compile_setting(compile):
 
 
 def eager_instead(why):
-    """False, the compile setting where torch.compile cannot work (`why`, compile_unavailable's
-    reason), after one warning."""
+    """False (eager), after one warning, where torch.compile cannot work for reason `why`."""
     warn_once(f"torch.compile unavailable ({why}); running eager")
     return False
 
