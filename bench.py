@@ -23,11 +23,12 @@ import torch
 
 import train
 from configurator import apply_overrides, parse_argv, settings_of
-from model import GPT, GPTConfig
+from model import GPT, GPT2_SIZES, GPTConfig
 from nanogpt import autotune, cpu, devices
+from nanogpt.data import GPT2_PADDED_VOCAB
 from nanogpt.engine import Engine
 from nanogpt.errors import UserError, run_cli
-from nanogpt.optim import build_optimizer, resolve_optimizer
+from nanogpt.optim import build_optimizer, clip_gradients, resolve_optimizer
 from nanogpt.settings import check_seed
 
 # -----------------------------------------------------------------------------------------------
@@ -56,6 +57,7 @@ compile = 'auto'
 fused = 'auto'  # fused AdamW: auto (where torch has it), True or False
 optimizer = 'adamw'  # or 'muon', or 'auto' as train.py resolves it; --sweep=True times the other one too
 muon_lr = 0.02
+muon_momentum = 0.95
 peak_flops = 0.0  # FLOP/s that MFU compares against; 0 = GPU table or a measured matmul peak
 seed = 1337
 # sampling mode: the model shape above (10.65M shakespeare_char by default), then GPT-2 124M
@@ -78,10 +80,10 @@ class Setup(NamedTuple):
     """One way to run the training step."""
     dtype: str
     compile: bool
-    fused: bool = True  # fused AdamW kernel (else foreach)
+    fused: bool = None  # fused AdamW kernel: True, False (foreach) or None (model.adamw's default)
     optimizer: str = 'adamw'
     original: bool = False  # torch's own CPU dropout (bernoulli_ masks, SDPA's math path), as nanoGPT
-    math: bool = False  # CPU attention written out (nanogpt/cpu.py)
+    written_out_attention: bool = False  # CPU training through the written-out attention (nanogpt/cpu.py)
 
 
 ORIGINAL = Setup('float32', False, fused=False, original=True)  # the original's step on a CPU
@@ -94,20 +96,13 @@ class TrainStep:
         device_type = devices.device_type_of(dev)
         self.c, self.setup = c, setup
         self.model = build_model(c, dev)
-        if device_type == 'cpu' and not (setup.original or setup.compile):  # as train.py trains on a CPU
+        if not setup.original:  # train.py's CPU fast paths; the original's step keeps torch's dropout
             masks = cpu.MaskSource()
             masks.seed(c.seed)
-            if not cpu.use_dropout_masks(self.model, masks):
-                cpu.use_written_out_attention(self.model, setup.math)
-        oc = SimpleNamespace(optimizer=setup.optimizer, learning_rate=c.learning_rate, muon_lr=c.muon_lr,
-                             muon_momentum=0.95, weight_decay=c.weight_decay, beta1=c.beta1, beta2=c.beta2)
-        if setup.optimizer == 'adamw':
-            self.optimizer = self.model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2),
-                                                             device_type, fused=setup.fused)
-            self.fused = self.optimizer.defaults.get('fused') is True
-        else:
-            self.optimizer = build_optimizer(self.model, oc, setup.optimizer, device_type)
-            self.fused = True
+            as_run = SimpleNamespace(device_type=device_type, compile=setup.compile,
+                                     written_out_attention=setup.written_out_attention)
+            cpu.prepare_training(self.model, as_run, masks)
+        self.optimizer = build_optimizer(self.model, c, setup.optimizer, device_type, setup.fused)
         self.fwd = devices.compile_model(self.model) if setup.compile else self.model
         self.ctx = devices.autocast_ctx(device_type, setup.dtype)
         g = torch.Generator().manual_seed(c.seed)
@@ -120,21 +115,20 @@ class TrainStep:
     def name(self):
         s = self.setup
         compiled = s.compile and not self.fwd.fell_back  # False after a fallback
-        opt = 'Muon' if s.optimizer == 'muon' else 'fused' if self.fused else 'foreach'
+        opt = 'Muon' if s.optimizer == 'muon' else 'fused' if self.optimizer.defaults.get('fused') else 'foreach'
         drop = ', torch dropout' if s.original and self.c.dropout > 0 else ''
-        attn = ', attention written out' if s.math and not compiled else ''
+        attn = ', attention written out' if s.written_out_attention and not compiled else ''
         return f"{s.dtype} {'compiled' if compiled else 'eager'} {opt}{drop}{attn}"
 
     def step(self):
-        """One optimizer step; returns the seconds it took, the device waited for."""
+        """One optimizer step, as train.py takes it; returns the seconds it took, the device waited for."""
         c = self.c
         t0 = time.perf_counter()
         for k in range(c.gradient_accumulation_steps):
             with self.ctx:
                 _, loss = self.fwd(self.x[k], self.y[k])
             (loss / c.gradient_accumulation_steps).backward()
-        if c.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        clip_gradients(self.model.parameters(), c.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss.item()  # waits for the device
@@ -169,15 +163,16 @@ def bench_train(c, dev, setups):
 
 def chosen_setup(c, dev, device_type):
     """What train.py would run with these settings: the optimizer ('auto' resolved as train.py
-    resolves it), dtype and compile as train.py resolves them (autotune.resolve: measured for a
-    run of the config file's max_iters or time_budget where 'auto' allows, by rule elsewhere)."""
+    resolves it), dtype and compile as train.py resolves them (autotune.choose_dtype_and_compile:
+    measured for a run of the config file's max_iters or time_budget where 'auto' allows, by rule
+    elsewhere)."""
     optimizer = resolve_optimizer(c.optimizer, device_type, dev)
     steps = (c.run_iters + 1) * c.gradient_accumulation_steps
-    model = build_model(c, dev) if autotune.measures(c.dtype, c.compile, device_type) else None
-    dtype, math_attention, compile_, _, _ = autotune.resolve(model, c.batch_size, c.dtype, c.compile, device_type,
-                                                             dev, steps, c.run_budget or None)
-    fused = device_type in ('cpu', 'cuda') if c.fused == 'auto' else c.fused  # as configure_optimizers
-    return Setup(dtype, compile_, fused, optimizer, math=math_attention)
+    model = build_model(c, dev) if autotune.will_measure(c.dtype, c.compile, device_type) else None
+    dtype, written_out_attention, compile_, _, _ = autotune.choose_dtype_and_compile(
+        model, c.batch_size, c.dtype, c.compile, device_type, dev, steps, c.run_budget or None)
+    fused = None if c.fused == 'auto' else c.fused
+    return Setup(dtype, compile_, fused, optimizer, written_out_attention=written_out_attention)
 
 
 def parse_settings(argv):
@@ -210,7 +205,7 @@ def bench_sample(c, dev, shape, max_new_tokens):
     ctx = devices.autocast_ctx(device_type, dtype)
     x = torch.randint(cfg.vocab_size, (1, c.prompt_len), generator=torch.Generator().manual_seed(c.seed)).to(dev)
     seconds = {False: 0.0, True: 0.0}
-    cpu = {False: 0.0, True: 0.0}  # process CPU time: on a shared machine it moves less than wall time
+    cpu_seconds = {False: 0.0, True: 0.0}  # process CPU time: on a shared machine it moves less than wall time
     same = True
     with torch.no_grad(), ctx:
         draw = {False: model.generate, True: Engine(model).generate}
@@ -224,13 +219,13 @@ def bench_sample(c, dev, shape, max_new_tokens):
                 out[use_cache] = draw[use_cache](x, max_new_tokens, temperature=0.8,
                                                  top_k=200).tolist()  # .tolist() waits for the device
                 seconds[use_cache] += time.perf_counter() - t0
-                cpu[use_cache] += time.process_time() - c0
+                cpu_seconds[use_cache] += time.process_time() - c0
             same = same and out[False] == out[True]
     n = c.num_samples * max_new_tokens
     return dict(params=model.get_num_params() / 1e6, block=cfg.block_size, new=max_new_tokens, dtype=dtype,
                 ref_s=seconds[False], kv_s=seconds[True], ref_tok_s=n / seconds[False],
                 kv_tok_s=n / seconds[True], speedup=seconds[False] / seconds[True],
-                cpu_speedup=cpu[False] / cpu[True], same=same)
+                cpu_speedup=cpu_seconds[False] / cpu_seconds[True], same=same)
 
 
 def main(argv=None):
@@ -244,7 +239,7 @@ def main(argv=None):
                             "gpt2_max_new_tokens 0 or more")
         small = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, block_size=c.block_size,
                      vocab_size=c.vocab_size, bias=c.bias)
-        gpt2 = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, bias=True)
+        gpt2 = dict(GPT2_SIZES['gpt2'], block_size=1024, vocab_size=GPT2_PADDED_VOCAB, bias=True)
         # the small model within its window (where the cache does all its good), then with
         # sample.py's default length, which slides the window once the sequence passes block_size
         plan = [(small, min(c.max_new_tokens, c.block_size - c.prompt_len))]
@@ -290,7 +285,7 @@ def main(argv=None):
             for comp in ([False, True] if can_compile else [False]):
                 setups.append(Setup(d, comp, chosen.fused, chosen.optimizer))
             if device_type == 'cpu' and d != 'float32' and c.dropout == 0:
-                setups.append(Setup(d, False, chosen.fused, chosen.optimizer, math=True))
+                setups.append(Setup(d, False, chosen.fused, chosen.optimizer, written_out_attention=True))
         other = 'muon' if chosen.optimizer == 'adamw' else 'adamw'
         setups.append(chosen._replace(optimizer=other))
         setups = list(dict.fromkeys(setups))  # each once, in order

@@ -10,10 +10,10 @@ Writes config.json, model.safetensors (and generation_config.json) with transfor
 save_pretrained, plus GPT-2's tokenizer files (vocab.json/merges.txt as tokenizer.json etc.), so
 transformers loads model and tokenizer offline. Needs `pip install transformers`.
 
-Only models that speak GPT-2's BPE vocabulary can be exported: vocab_size 50257, or 50304 (GPT-2's
-50257 padded to a multiple of 64, train.py's default). For 50304 the 47 padding rows of the shared
-embedding / output matrix are dropped: no token ever maps to them, and the logits of the other
-50257 tokens are unchanged. Character-level models (a meta.pkl vocabulary, e.g. 65 tokens) are
+Only models that speak GPT-2's BPE vocabulary can be exported: vocab_size 50257, or GPT-2's
+vocabulary padded to a multiple of 64 (train.py's default). For the padded one the 47 padding rows
+of the shared embedding / output matrix are dropped: no token ever maps to them, and the logits of
+the other 50257 tokens are unchanged. Character-level models (a meta.pkl vocabulary, e.g. 65 tokens) are
 refused: the directory would have no tokenizer any Hugging Face tool could use.
 
 The exported config names the activation the checkpoint computes: 'gelu' (exact GELU, this
@@ -40,6 +40,7 @@ from configurator import apply_overrides, settings_of
 from model import CONV1D_WEIGHTS
 from nanogpt import devices
 from nanogpt.checkpoint import clean_state_dict, load_checkpoint
+from nanogpt.data import GPT2_PADDED_VOCAB, GPT2_VOCAB
 from nanogpt.errors import UserError, run_cli
 
 out_dir = 'out'
@@ -49,8 +50,6 @@ tokenizer = True
 overwrite = False
 DEFAULTS = settings_of(globals())
 
-GPT2_VOCAB = 50257
-PADDED_VOCAB = 50304
 EOT = 50256  # <|endoftext|>
 # The GPT-2 BPE files as tiktoken fetches and caches them; the same bytes are the Hugging Face
 # tokenizer's vocab.json and merges.txt. (url, sha256)
@@ -81,8 +80,8 @@ def hf_config(model_args, transformers, gelu_approximate='none'):
 
 def check_vocab(model_args, ckpt_path):
     vocab = model_args['vocab_size']
-    if vocab not in (GPT2_VOCAB, PADDED_VOCAB):
-        raise UserError(f"{ckpt_path} has vocab_size {vocab}, not GPT-2's {GPT2_VOCAB} (or {PADDED_VOCAB} "
+    if vocab not in (GPT2_VOCAB, GPT2_PADDED_VOCAB):
+        raise UserError(f"{ckpt_path} has vocab_size {vocab}, not GPT-2's {GPT2_VOCAB} (or {GPT2_PADDED_VOCAB} "
                         f"padded): a character-level model has no Hugging Face tokenizer, so it cannot be "
                         f"exported; train on GPT-2 tokens (e.g. data/shakespeare) to export")
 
@@ -97,7 +96,7 @@ def convert_state_dict(state_dict, model_args, hf_sd):
             if k.endswith(CONV1D_WEIGHTS):  # stored transposed by Hugging Face's Conv1D
                 v = v.t()
             if k in ('transformer.wte.weight', 'lm_head.weight'):
-                v = v[:GPT2_VOCAB]  # drop the padding rows of a 50304 vocabulary
+                v = v[:GPT2_VOCAB]  # drop the padding rows of a padded vocabulary
         elif k.endswith('.bias') and not model_args['bias']:
             v = torch.zeros_like(target)  # a bias=False model computes what zero biases compute
         elif k.endswith(('.attn.bias', '.attn.masked_bias')):

@@ -30,6 +30,15 @@ from torch.nn import functional as F
 # nn.Linear's: from_pretrained here and export_hf.py transpose them on the way in and out.
 CONV1D_WEIGHTS = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 
+# OpenAI's GPT-2 models by name (vocab_size 50257, block_size 1024, biases everywhere); the sizes
+# GPT.from_pretrained checks a checkpoint against, and nanogpt/memory.py sizes a run by
+GPT2_SIZES = {
+    'gpt2': dict(n_layer=12, n_head=12, n_embd=768),  # 124M params
+    'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),  # 350M params
+    'gpt2-large': dict(n_layer=36, n_head=20, n_embd=1280),  # 774M params
+    'gpt2-xl': dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
+}
+
 
 @dataclass
 class GPTConfig:
@@ -236,14 +245,8 @@ class GPT(nn.Module):
         override_args = dict(override_args or {})
         if set(override_args) - {'dropout'}:
             raise ValueError(f"only dropout can be overridden for GPT-2, got {sorted(set(override_args) - {'dropout'})}")
-        sizes = {  # what each name stands for; the checkpoint's config must agree
-            'gpt2': dict(n_layer=12, n_head=12, n_embd=768),  # 124M params
-            'gpt2-medium': dict(n_layer=24, n_head=16, n_embd=1024),  # 350M params
-            'gpt2-large': dict(n_layer=36, n_head=20, n_embd=1280),  # 774M params
-            'gpt2-xl': dict(n_layer=48, n_head=25, n_embd=1600),  # 1558M params
-        }
-        if not os.path.isdir(model_type) and model_type not in sizes:
-            raise ValueError(f"unknown pretrained model {model_type!r}: use one of {', '.join(sizes)} "
+        if not os.path.isdir(model_type) and model_type not in GPT2_SIZES:
+            raise ValueError(f"unknown pretrained model {model_type!r}: use one of {', '.join(GPT2_SIZES)} "
                              f"or a directory holding a Hugging Face GPT-2 checkpoint")
         try:
             from transformers import GPT2LMHeadModel
@@ -258,7 +261,7 @@ class GPT(nn.Module):
         c = hf.config
         config_args = dict(n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size,
                            block_size=c.n_positions, bias=True)  # GPT-2 has biases everywhere
-        if model_type in sizes and any(config_args[k] != v for k, v in sizes[model_type].items()):
+        if model_type in GPT2_SIZES and any(config_args[k] != v for k, v in GPT2_SIZES[model_type].items()):
             raise ValueError(f"the checkpoint for {model_type!r} does not have {model_type}'s shape")
         print(f"forcing vocab_size={c.vocab_size}, block_size={c.n_positions}, bias=True")
         # What this model hard-codes must hold for the checkpoint too. GPT-2's activation is the
@@ -291,29 +294,13 @@ class GPT(nn.Module):
         return model
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, fused=None):
-        # Weight decay for the matrices (Linear and Embedding weights) only: biases and LayerNorm
-        # gains are 1-d, and decaying them pulls activations toward zero for no gain.
-        param_dict = {pn: p for pn, p in self.named_parameters() if p.requires_grad}
-        decay_params = [p for p in param_dict.values() if p.dim() >= 2]
-        nodecay_params = [p for p in param_dict.values() if p.dim() < 2]
-        optim_groups = [
-            {'params': decay_params, 'weight_decay': weight_decay},
-            {'params': nodecay_params, 'weight_decay': 0.0},
-        ]
-        num_decay_params = sum(p.numel() for p in decay_params)
-        num_nodecay_params = sum(p.numel() for p in nodecay_params)
-        print(f"num decayed parameter tensors: {len(decay_params)}, with {num_decay_params:,} parameters")
-        print(f"num non-decayed parameter tensors: {len(nodecay_params)}, with {num_nodecay_params:,} parameters")
-        # The fused AdamW updates all parameters in one kernel rather than a chain of small ones.
-        # torch has it for CUDA and (2.4+) CPUs; where it is refused, the foreach update runs.
-        if fused is None:
-            fused = device_type in ('cuda', 'cpu')
-        try:
-            optimizer = torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, fused=True) if fused else None
-        except (RuntimeError, TypeError, ValueError):
-            optimizer = None
-        print(f"using fused AdamW: {optimizer is not None}")
-        return optimizer or torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas)
+        optim_groups = adamw_groups([p for p in self.parameters() if p.requires_grad], weight_decay)
+        for kind, group in zip(('decayed', 'non-decayed'), optim_groups):
+            params = group['params']
+            print(f"num {kind} parameter tensors: {len(params)}, with {sum(p.numel() for p in params):,} parameters")
+        optimizer = adamw(optim_groups, learning_rate, betas, device_type, fused)
+        print(f"using fused AdamW: {optimizer.defaults.get('fused') is True}")
+        return optimizer
 
     def estimate_mfu(self, fwdbwd_per_iter, dt, peak_flops=312e12):
         """Model FLOPs utilisation: the FLOP/s achieved, over peak_flops (default: an A100's bf16
@@ -349,3 +336,25 @@ class GPT(nn.Module):
             idx_next = torch.multinomial(probs, num_samples=1)
             idx = torch.cat((idx, idx_next), dim=1)
         return idx
+
+
+def adamw_groups(params, weight_decay):
+    """AdamW's two parameter groups: weight decay for the matrices (Linear and Embedding weights)
+    only; biases and LayerNorm gains are 1-d, and decaying them pulls activations toward zero for
+    no gain. nanogpt/optim.py builds Muon's companion AdamW from these too."""
+    return [{'params': [p for p in params if p.dim() >= 2], 'weight_decay': weight_decay},
+            {'params': [p for p in params if p.dim() < 2], 'weight_decay': 0.0}]
+
+
+def adamw(groups, learning_rate, betas, device_type, fused=None):
+    """torch's AdamW over `groups`. The fused one updates all parameters in one kernel rather than a
+    chain of small ones; torch has it for CUDA and (2.4+) CPUs, the default of fused=None there.
+    Where it is refused, the foreach update runs."""
+    if fused is None:
+        fused = device_type in ('cuda', 'cpu')
+    if fused:
+        try:
+            return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)

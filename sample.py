@@ -10,9 +10,10 @@ Sample text from a trained model (out_dir/ckpt.pt) or from OpenAI's GPT-2.
 Each sample is printed with its prompt, followed by a line of 15 dashes. The same checkpoint,
 seed and settings print the same text. The tokens are drawn by nanogpt/engine.py, with a key/value
 cache; kv_cache=False re-runs the model on the whole context for each token, as the original does,
-and draws the same tokens in float32 (in bfloat16 rounding may part them), slower. The tokenizer is the one that belongs to the model: its
-dataset's meta.pkl (characters, or a tiktoken encoding it names), GPT-2 BPE where there is none;
-one that does not fit the model is refused, never used (nanogpt/data.py, tokenizer_for).
+and draws the same tokens in float32 (in bfloat16 rounding may part them), slower. The tokenizer is
+the one that belongs to the model: its dataset's meta.pkl (characters, or a tiktoken encoding it
+names), GPT-2 BPE where there is none; one that does not fit the model is refused, never used
+(nanogpt/data.py, tokenizer_for).
 """
 
 import codecs
@@ -161,39 +162,35 @@ class Printer:
 
 
 def generate_samples(engine, tok, ids, c, device):
-    """Yield the text of each sample (prompt included). Prints only when streaming."""
-    x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...]
-    gen_kw = dict(temperature=c.temperature, top_k=c.top_k, top_p=c.top_p, use_cache=c.kv_cache)
-    prompt_text = tok.decode(ids)
-    n = len(ids)
+    """Yield the text of each sample (prompt included): all num_samples drawn at once (batched),
+    or one after another. Prints only when streaming."""
     if c.batched:
-        if not c.stop:
-            y = engine.generate(x.expand(c.num_samples, -1), c.max_new_tokens, **gen_kw)
-            for row in y[:, n:].tolist():
-                yield prompt_text + tok.decode(row)
-            return
-        printers = [Printer(tok, ids, c.stop, False) for _ in range(c.num_samples)]
+        yield from draw_at_once(engine, tok, ids, c, device, c.num_samples, stream=False)
+    else:
+        for _ in range(c.num_samples):
+            yield from draw_at_once(engine, tok, ids, c, device, 1, c.stream)
 
-        def on_token(nxt):
-            for p, t in zip(printers, nxt[:, 0].tolist()):
-                if not p.done:
-                    p.add(t)
-            return all(p.done for p in printers)
-        engine.generate(x.expand(c.num_samples, -1), c.max_new_tokens, on_token=on_token, **gen_kw)
-        for p in printers:
-            p.finish()
-            yield prompt_text + p.text
-        return
-    for _ in range(c.num_samples):
-        if not (c.stream or c.stop):
-            # nothing to watch token by token: decode once at the end, no per-token host sync
-            y = engine.generate(x, c.max_new_tokens, **gen_kw)
-            yield prompt_text + tok.decode(y[0, n:].tolist())
-            continue
-        p = Printer(tok, ids, c.stop, c.stream)
-        engine.generate(x, c.max_new_tokens, on_token=lambda nxt: p.add(nxt[0, 0].item()), **gen_kw)
+
+def draw_at_once(engine, tok, ids, c, device, rows, stream):
+    """The texts of `rows` samples drawn together from the prompt `ids`. Watched token by token
+    (Printer) only where a stop string or streaming needs it: otherwise the tokens are decoded once
+    at the end, with no host sync per token."""
+    x = torch.tensor(ids, dtype=torch.long, device=device)[None, ...].expand(rows, -1)
+    prompt_text = tok.decode(ids)
+    printers = [Printer(tok, ids, c.stop, stream) for _ in range(rows)] if c.stop or stream else []
+
+    def on_token(nxt):
+        for p, t in zip(printers, nxt[:, 0].tolist()):
+            if not p.done:
+                p.add(t)
+        return all(p.done for p in printers)
+    y = engine.generate(x, c.max_new_tokens, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
+                        use_cache=c.kv_cache, on_token=on_token if printers else None)
+    if not printers:
+        return [prompt_text + tok.decode(row) for row in y[:, len(ids):].tolist()]
+    for p in printers:
         p.finish()
-        yield prompt_text + p.text
+    return [prompt_text + p.text for p in printers]
 
 
 def main(argv=None):

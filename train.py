@@ -37,7 +37,7 @@ from configurator import apply_overrides, given_settings, resumed_settings, sett
 from model import GPT, GPTConfig
 from nanogpt import autotune, checkpoint, cpu, distributed, memory, settings
 from nanogpt.control import RunControl, abandonable, start_budget, watched
-from nanogpt.data import dataset_dir, meta_vocab_size, open_split
+from nanogpt.data import GPT2_PADDED_VOCAB, GPT2_VOCAB, dataset_dir, meta_vocab_size, open_split
 from nanogpt.devices import autocast_ctx
 from nanogpt.errors import UserError, run_cli
 from nanogpt.optim import build_optimizer, clip_gradients, set_lr
@@ -153,8 +153,8 @@ def init_model(c, ckpt, vocab_size):
     if c.init_from == 'scratch':
         print("Initializing a new model from scratch")
         if vocab_size is None:
-            print("defaulting to vocab_size of GPT-2 to 50304 (50257 rounded up for efficiency)")
-        model_args['vocab_size'] = vocab_size if vocab_size is not None else 50304
+            print(f"defaulting to vocab_size of GPT-2 to {GPT2_PADDED_VOCAB} ({GPT2_VOCAB} rounded up for efficiency)")
+        model_args['vocab_size'] = vocab_size if vocab_size is not None else GPT2_PADDED_VOCAB
         model = GPT(GPTConfig(**model_args))
     elif c.init_from == 'resume':
         print(f"Resuming training from {ckpt['path']} (iter {ckpt['iter_num']})")

@@ -5,7 +5,7 @@ docs/layout.md.
 
     settings     train.py's settings checked, and the Run record of what they resolved to
     devices      device, dtype and compile rules; peak FLOP/s for MFU
-    autotune     dtype and compile measured on a CPU
+    autotune     dtype and compile measured where 'auto' allows (a CPU; compile on CUDA too)
     cpu          CPU training at matmul speed: fast dropout masks, the written-out attention
     distributed  torchrun: process group, DDP and FSDP wrapping, sharded state dicts
     data         datasets (memory-maps of train.bin, val.bin), meta.pkl, tokenizers

@@ -21,8 +21,8 @@ compile some seconds, so a short run (a smoke test, a fine-tune of a few hundred
 stays eager and the long ones compile; after the first compile on a GPU its measured compile
 time and compiled step time, cached, decide exactly.
 
-train.py (choose_for_training) and bench.py ask resolve(): a measurement where something is
-'auto' on a CPU or compile is 'auto' on CUDA, the rule of devices.py (resolve_dtype,
+train.py (choose_for_training) and bench.py ask choose_dtype_and_compile(): a measurement where
+something is 'auto' on a CPU or compile is 'auto' on CUDA, the rule of devices.py (resolve_dtype,
 resolve_compile) elsewhere.
 """
 
@@ -34,7 +34,9 @@ from collections import namedtuple
 import torch
 
 from . import control, cpu, devices, progress
-from .errors import UserError, warn_once
+from .errors import warn_once
+
+__all__ = ['Choice', 'choose_dtype_and_compile', 'choose_for_training', 'measure_and_choose', 'will_measure']
 
 TRIAL_SECONDS = 4.0  # time for the timed eager micro-steps of all candidates together
 # compiling is tried when the run's expected saving, at this fraction of its eager time, is more
@@ -42,7 +44,8 @@ TRIAL_SECONDS = 4.0  # time for the timed eager micro-steps of all candidates to
 # CPU the matmuls dominate a step and the fused elementwise work is a small share; on a GPU
 # eager steps also pay a kernel launch per elementwise op, which compiling fuses away.
 COMPILE_GAIN_GUESS = {'cpu': 0.10, 'cuda': 0.35}
-COMPILE_GUESS_S = {'cpu': 60.0, 'cuda': 16.0}  # cuda: bench.py's compile of the 6x384 model on an H200
+COMPILE_GUESS_S = {'cpu': 60.0, 'cuda': 16.0}  # per 6 layers; docs/speed.md says where they come from
+WRITTEN_OUT = '+written_out_attention'  # a candidate's suffix: the dtype with the attention written out
 
 
 def cache_file():
@@ -104,27 +107,23 @@ def store(key, entry):
         warn_once(f"cannot write {path} ({e.strerror}): the dtype/compile measurement is not cached")
 
 
-def label(key, compiled=False):
-    """'bfloat16' -> 'bfloat16 eager'; 'bfloat16+math' -> 'bfloat16 eager, attention written out'."""
-    dtype, _, attn = key.partition('+')
-    return f"{dtype} {'compiled' if compiled else 'eager'}" + (', attention written out' if attn else '')
+def describe_candidate(key, compiled=False):
+    """'bfloat16' -> 'bfloat16 eager'; 'bfloat16+written_out_attention' -> 'bfloat16 eager,
+    attention written out'."""
+    written_out = ', attention written out' if key.endswith(WRITTEN_OUT) else ''
+    return f"{_dtype_of(key)} {'compiled' if compiled else 'eager'}{written_out}"
+
+
+def _dtype_of(key):
+    return key.partition('+')[0]
 
 
 def candidates(model, dtype, device_type='cpu'):
-    """On a CPU: 'float32', 'bfloat16' (where the CPU has bf16 units, or when asked for) and,
-    without dropout, 'bfloat16+math': attention as matmuls and softmax instead of torch's fused
-    CPU kernel, which measures slower in bfloat16 at short block sizes on some CPUs. float32
-    keeps the fused kernel and with it the original's numbers; with dropout the CPU path is
-    written out anyway (nanogpt/cpu.py). On a GPU: the one dtype the rule gave."""
+    """The names of what is measured: on a CPU cpu.training_candidates, e.g. 'float32', 'bfloat16'
+    and 'bfloat16+written_out_attention'; on a GPU the one dtype the rule gave."""
     if device_type != 'cpu':
         return [dtype]
-    dtypes = [dtype] if dtype != 'auto' else ['float32'] + (['bfloat16'] if devices.cpu_has_bf16_units() else [])
-    keys = []
-    for d in dtypes:
-        keys.append(d)
-        if d != 'float32' and model.config.dropout == 0:
-            keys.append(f'{d}+math')
-    return keys
+    return [d + (WRITTEN_OUT if w else '') for d, w in cpu.training_candidates(dtype, model.config.dropout)]
 
 
 class Trial:
@@ -144,16 +143,15 @@ class Trial:
         self.masks.seed(seed)
 
     def step(self, fwd, key, compiled=False):
-        dtype, _, attn = key.partition('+')
         if self.device.type != 'cpu':
             pass  # nn.Dropout and the fused attention, as train.py runs a GPU
         elif compiled:  # a compiled model keeps nn.Dropout and the fused attention
             cpu.use_dropout_masks(self.model, None)
-        elif not cpu.use_dropout_masks(self.model, self.masks):
-            cpu.use_written_out_attention(self.model, bool(attn))
+        else:
+            cpu.use_eager_paths(self.model, self.masks, key.endswith(WRITTEN_OUT))
         devices.sync(self.device)
         t0 = time.perf_counter()
-        with devices.autocast_ctx(self.device.type, dtype):
+        with devices.autocast_ctx(self.device.type, _dtype_of(key)):
             _, loss = fwd(self.x, self.y)
         loss.backward()
         devices.sync(self.device)  # the time is the kernels', not their launches'
@@ -201,7 +199,7 @@ def worth_trying_compile(run_s, guess_s, device_type):
     return run_s * COMPILE_GAIN_GUESS[device_type] > guess_s
 
 
-def pick(times, compile_s, steps=None, seconds=None):
+def fastest(times, compile_s, steps=None, seconds=None):
     """The fastest candidate for a run of `steps` micro-steps, or of `seconds` (a time budget:
     the most micro-steps after compiling). times: {(dtype, compiled): seconds per micro-step}."""
     def cost(k):
@@ -212,21 +210,21 @@ def pick(times, compile_s, steps=None, seconds=None):
     return min(times, key=cost)
 
 
-Choice = namedtuple('Choice', 'dtype math_attention compile compiled_model micro_step_s')
+Choice = namedtuple('Choice', 'dtype written_out_attention compile compiled_model micro_step_s')
 
 
-def choose(model, batch_size, dtype, compile, run_steps, budget_s=None, compile_ok=True, log=print):
-    """Choice(dtype, math_attention, compile, compiled_model or None, micro_step_s) for training
+def measure_and_choose(model, batch_size, dtype, compile, run_steps, budget_s=None, compile_ok=True, log=print):
+    """Choice(dtype, written_out_attention, compile, compiled_model or None, micro_step_s) for training
     the model where it is (a CPU, or a GPU with its dtype fixed): micro_step_s is the chosen
     candidate's measured seconds per forward+backward (None when nothing was measured). dtype,
     compile: 'auto' or fixed. run_steps: micro-steps the run will take (without a budget);
     budget_s: seconds left in a time budget. compile_ok: False where compiling cannot work. The
     heartbeat (nanogpt/progress.py) says what it measures."""
     with progress.phase("measuring forward+backward (compile=auto, dtype=auto)"):
-        return _choose(model, batch_size, dtype, compile, run_steps, budget_s, compile_ok, log)
+        return _measure_and_choose(model, batch_size, dtype, compile, run_steps, budget_s, compile_ok, log)
 
 
-def _choose(model, batch_size, dtype, compile, run_steps, budget_s, compile_ok, log):
+def _measure_and_choose(model, batch_size, dtype, compile, run_steps, budget_s, compile_ok, log):
     device = next(model.parameters()).device
     keys = candidates(model, dtype, device.type)
     cache = load_cache()
@@ -245,9 +243,9 @@ def _choose(model, batch_size, dtype, compile, run_steps, budget_s, compile_ok, 
             source = f"measured earlier, cached in {cache_file()}"
         if eager:
             log(f"auto dtype/compile: forward+backward of this model and batch ({source}): "
-                + "; ".join(f"{label(k)} {t * 1000:.0f} ms" for k, t in sorted(eager.items(), key=lambda kv: kv[1])))
+                + "; ".join(f"{describe_candidate(k)} {t * 1000:.0f} ms" for k, t in sorted(eager.items(), key=lambda kv: kv[1])))
         best = min(eager, key=eager.get) if eager else keys[0]
-        dtype = best.partition('+')[0]
+        dtype = _dtype_of(best)
         times = {(k, False): t for k, t in eager.items()} or {(best, False): 1.0}
         compile_s = entry.get('compile_s')
         if compile is True or (compile == 'auto' and compile_ok):
@@ -256,7 +254,7 @@ def _choose(model, batch_size, dtype, compile, run_steps, budget_s, compile_ok, 
                 want = True
             elif cached_compiled is not None:
                 times[(dtype, True)] = cached_compiled
-                want = pick(times, compile_s, run_steps, budget_s)[1]
+                want = fastest(times, compile_s, run_steps, budget_s)[1]
             else:
                 guess = compile_guess(cache, model.config.n_layer, device)
                 run_s = budget_s if budget_s is not None else run_steps * eager.get(best, 0.0)
@@ -278,20 +276,20 @@ def _choose(model, batch_size, dtype, compile, run_steps, budget_s, compile_ok, 
                         entry = dict(entry, compile_s=compile_s, compiled=dict(entry.get('compiled', {}), **{dtype: t_c}))
                         store(key, entry)
                         times[(dtype, True)] = t_c
-                        log(f"auto compile: {label(dtype, True)} {t_c * 1000:.0f} ms after {compile_s:.0f}s of compiling")
-                if compile == 'auto' and (compiled_model.fell_back or not pick(times, 0.0, run_steps, budget_s)[1]):
+                        log(f"auto compile: {describe_candidate(dtype, True)} {t_c * 1000:.0f} ms after {compile_s:.0f}s of compiling")
+                if compile == 'auto' and (compiled_model.fell_back or not fastest(times, 0.0, run_steps, budget_s)[1]):
                     compiled_model = None  # slower than eager, or failed: the compile time is spent either way
     use_compile = compiled_model is not None
-    math_attention = not use_compile and best.endswith('+math')
+    written_out_attention = not use_compile and best.endswith(WRITTEN_OUT)
     why = "fastest measured" if len(times) > 1 else "the only candidate"
-    log(f"using dtype: {dtype}, compile: {use_compile}" + (", attention written out" if math_attention else "")
+    log(f"using dtype: {dtype}, compile: {use_compile}" + (", attention written out" if written_out_attention else "")
         + f" (auto: {why})")
     step_s = times.get((dtype, True)) if use_compile else (eager.get(best) if eager else None)
-    return Choice(dtype, math_attention, use_compile, compiled_model, step_s)
+    return Choice(dtype, written_out_attention, use_compile, compiled_model, step_s)
 
 
-def measures(dtype, compile, device_type, fsdp=False):
-    """Whether resolve() measures (and so needs the model): something 'auto' on a CPU, or
+def will_measure(dtype, compile, device_type, fsdp=False):
+    """Whether choose_dtype_and_compile() measures (and so needs the model): something 'auto' on a CPU, or
     compile 'auto' on a CUDA GPU where torch.compile works (elsewhere the rule says why not);
     never under FSDP."""
     on_cpu = device_type == 'cpu' and 'auto' in (dtype, compile)
@@ -299,24 +297,23 @@ def measures(dtype, compile, device_type, fsdp=False):
     return (on_cpu or on_gpu) and not fsdp
 
 
-def resolve(model, batch_size, dtype, compile, device_type, device, run_steps, budget_s=None, fsdp=False):
+def choose_dtype_and_compile(model, batch_size, dtype, compile, device_type, device, run_steps, budget_s=None,
+                             fsdp=False):
     """Choice for training `model` (on `device` already) with these settings, as train.py runs
-    it: 'auto' measured (choose) where something is 'auto' on a CPU or compile is 'auto' on a
+    it: 'auto' measured (measure_and_choose) where something is 'auto' on a CPU or compile is 'auto' on a
     CUDA GPU, the rule of devices.py elsewhere (MPS, FSDP); a fixed dtype is checked either way.
-    `model` may be None where nothing is measured (measures() is False)."""
-    if compile not in ('auto', True, False):
-        raise UserError(f"compile must be True, False or auto, got {compile!r}")
-    measure = measures(dtype, compile, device_type, fsdp)
+    `model` may be None where nothing is measured (will_measure() is False)."""
+    devices.check_compile_setting(compile)
+    measure = will_measure(dtype, compile, device_type, fsdp)
     if dtype != 'auto' or device_type != 'cpu' or not measure:
         dtype = devices.resolve_dtype(dtype, device_type, device=device)
     if not measure:
         return Choice(dtype, False, devices.resolve_compile(compile, device_type), None, None)
     why_not = devices.compile_unavailable(device_type)
     if why_not and compile is True:
-        warn_once(f"torch.compile unavailable ({why_not}); running eager")
-        compile = False
+        compile = devices.eager_instead(why_not)
     # a stop signal abandons the measurement: the loop then stops before its first iteration
-    choice = control.abandonable(choose, model, batch_size, dtype, compile, run_steps, budget_s, not why_not)
+    choice = control.abandonable(measure_and_choose, model, batch_size, dtype, compile, run_steps, budget_s, not why_not)
     if choice is None:
         print("dtype/compile measurement abandoned: stopping")
         choice = Choice('float32' if dtype == 'auto' else dtype, False, False, None, None)
@@ -325,18 +322,18 @@ def resolve(model, batch_size, dtype, compile, device_type, device, run_steps, b
 
 def choose_for_training(model, c, run, ckpt, budget):
     """(run with dtype, compile and written_out_attention resolved, the compiled model or None):
-    resolve() for train.py. `run`: the settings.Run; `ckpt`: the resumed checkpoint or None;
-    `budget`: the TimeBudget or None. Under torchrun every process measures, and rank 0's choice
+    choose_dtype_and_compile() for train.py. `run`: the settings.Run; `ckpt`: the resumed
+    checkpoint or None; `budget`: the TimeBudget or None. Under torchrun every process measures, and rank 0's choice
     holds for all."""
     steps = (c.max_iters - (ckpt['iter_num'] if ckpt else 0) + 1) * run.grad_accum
-    dtype, written_out, use_compile, compiled, step_s = resolve(
+    dtype, written_out_attention, use_compile, compiled, step_s = choose_dtype_and_compile(
         model, c.batch_size, c.dtype, c.compile, run.device_type, run.device, steps,
         budget.left() if budget else None, run.fsdp)
     if run.ddp:  # every process measured (or applied the rule); rank 0's choice holds for all
         import torch.distributed as dist
-        choice = [dtype, written_out, use_compile]
+        choice = [dtype, written_out_attention, use_compile]
         dist.broadcast_object_list(choice, src=0)
-        dtype, written_out, use_compile = choice
+        dtype, written_out_attention, use_compile = choice
         compiled = compiled if use_compile else None  # else compile_and_wrap compiles
-    return run.but(dtype=dtype, compile=use_compile, written_out_attention=written_out, micro_step_s=step_s,
+    return run.but(dtype=dtype, compile=use_compile, written_out_attention=written_out_attention, micro_step_s=step_s,
                    eval_batches=devices.eval_batches(c, model.config.vocab_size, run.device_type)), compiled

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from . import devices
+
 
 class MaskSource:
     """Dropout masks from numpy's SFC64 (a small chaotic counter-based generator): 64 random bits
@@ -104,9 +106,26 @@ def use_written_out_attention(model, on):
         block.attn.flash = not on
 
 
+def training_candidates(dtype, dropout):
+    """(dtype, written-out attention) of each way eager CPU training may run, what autotune.py
+    measures: `dtype`, or for 'auto' float32 and, where the CPU has bf16 units, bfloat16; without
+    dropout each reduced dtype with the attention written out too, which can beat torch's fused
+    CPU kernel in bfloat16 at short block sizes. float32 keeps the fused kernel and with it the
+    original's numbers; with dropout the attention is written out anyway (use_dropout_masks)."""
+    dtypes = [dtype] if dtype != 'auto' else ['float32'] + (['bfloat16'] if devices.cpu_has_bf16_units() else [])
+    return [(d, w) for d in dtypes for w in (False, True) if not w or (d != 'float32' and dropout == 0)]
+
+
 def prepare_training(model, run, masks):
-    """train.py's hook: eager training on a CPU takes its dropout masks from `masks` (a
-    MaskSource) and, where autotune.py chose it, the written-out attention. `run`: settings.Run."""
+    """train.py's hook (and bench.py's): eager training on a CPU takes its dropout masks from
+    `masks` (a MaskSource) and, where autotune.py chose it, the written-out attention. `run`:
+    settings.Run, or anything with its device_type, compile and written_out_attention."""
     if run.device_type == 'cpu' and not run.compile:
-        if not use_dropout_masks(model, masks) and run.written_out_attention:
-            use_written_out_attention(model, True)
+        use_eager_paths(model, masks, run.written_out_attention)
+
+
+def use_eager_paths(model, masks, written_out_attention):
+    """Eager CPU training of `model`: dropout masks from `masks`, and with them the written-out
+    attention; without dropout, the attention that `written_out_attention` says."""
+    if not use_dropout_masks(model, masks):
+        use_written_out_attention(model, written_out_attention)

@@ -20,17 +20,17 @@ import numpy as np
 
 from .errors import UserError, warn_once
 
-PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # data/ is here, whatever the working directory
-GPT2_VOCAB = 50257  # GPT-2 BPE's tokens; nanoGPT pads a model trained without meta.pkl to 50304
-GPT2_PADDED = 50304
-IDS_HINT = "--tokens=True --start=IDS:0"  # sample.py without a tokenizer: token ids in, token ids out
+_PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # data/ is here, whatever the working directory
+GPT2_VOCAB = 50257  # GPT-2 BPE's tokens
+GPT2_PADDED_VOCAB = 50304  # GPT-2's vocabulary padded up to a multiple of 64: a model trained without meta.pkl
+_IDS_HINT = "--tokens=True --start=IDS:0"  # sample.py without a tokenizer: token ids in, token ids out
 
 
 def dataset_dir(dataset):
     """data/<dataset> inside the project (whatever the working directory), or a directory path."""
     if os.sep in dataset or '/' in dataset or dataset.startswith('.'):
         return os.path.abspath(dataset)
-    return os.path.join(PROJECT_DIR, 'data', dataset)
+    return os.path.join(_PROJECT_DIR, 'data', dataset)
 
 
 class _RefusedGlobal(pickle.UnpicklingError):
@@ -199,7 +199,7 @@ class TokenIds:
         return self.decode(ids).encode('ascii')
 
 
-def shown_meta_path(dataset):
+def _shown_meta_path(dataset):
     """data/<dataset>/meta.pkl as the original prints it, or the path of a dataset given as a directory."""
     d = dataset_dir(dataset)
     return os.path.join(d, 'meta.pkl') if d == os.path.abspath(dataset) else f"data/{dataset}/meta.pkl"
@@ -212,7 +212,7 @@ def tokenizer_for(dataset, vocab_size):
     tiktoken is checked first (tiktoken may have to download its files): a tokenizer that does not
     belong to the model is refused, never used."""
     meta_path = os.path.join(dataset_dir(dataset), 'meta.pkl') if dataset else None
-    shown = shown_meta_path(dataset) if dataset else None
+    shown = _shown_meta_path(dataset) if dataset else None
     if meta_path and os.path.exists(meta_path):
         print(f"Loading meta from {shown}...")
         meta = load_meta(meta_path)
@@ -224,15 +224,15 @@ def tokenizer_for(dataset, vocab_size):
             raise UserError(f"{shown} holds only vocab_size ({n}), not which tokenizer made the token ids"
                             f"{' (the size of GPT-2 BPE, among others)' if n == GPT2_VOCAB else ''}: add 'tokenizer' (a "
                             f"tiktoken encoding such as 'gpt2') or 'stoi' and 'itos' to it, as "
-                            f"data/prepare_text.py writes them, or print token ids: {IDS_HINT}")
+                            f"data/prepare_text.py writes them, or print token ids: {_IDS_HINT}")
         tok = Tokenizer(meta, meta_path)
     else:
         print("No meta.pkl found, assuming GPT-2 encodings...")
-        if not GPT2_VOCAB <= vocab_size <= GPT2_PADDED:
+        if not GPT2_VOCAB <= vocab_size <= GPT2_PADDED_VOCAB:
             where = (f"the dataset {dataset!r} has none ({shown} is missing): restore it (re-run the "
                      f"dataset's prepare.py)" if dataset else "a Hugging Face directory carries none")
             raise UserError(f"the model's vocab_size {vocab_size} is not GPT-2's {GPT2_VOCAB}, so its tokenizer "
-                            f"is in a meta.pkl, and {where}; or print token ids: {IDS_HINT}")
+                            f"is in a meta.pkl, and {where}; or print token ids: {_IDS_HINT}")
         tok = Tokenizer()
     if tok.vocab_size > vocab_size:  # a tiktoken encoding larger than the meta.pkl said
         raise UserError(f"{shown} names tiktoken's {tok.name!r}, {tok.vocab_size} tokens, but the model has "
@@ -251,7 +251,7 @@ def dataset_meta(dataset):
     return None
 
 
-def describe_vocabulary(meta):
+def _describe_vocabulary(meta):
     if 'stoi' in meta:
         return f"{meta['vocab_size']} characters" if max(map(len, meta['stoi']), default=1) == 1 \
             else f"a vocabulary of {meta['vocab_size']} strings"
@@ -283,7 +283,7 @@ def check_same_vocabulary(source, dataset, ckpt_path):
             and ('tokenizer' in old or old['vocab_size'] == new['vocab_size']):
         return
     else:
-        detail = f"{describe_vocabulary(new)} here, {describe_vocabulary(old)} there"
+        detail = f"{_describe_vocabulary(new)} here, {_describe_vocabulary(old)} there"
     how = (f"--vocab={source}" if 'stoi' in old else "--bpe" if old.get('tokenizer') == 'gpt2'
            else f"--vocab={source}" if 'tokenizer' in old else f"the tokenizer that made {source}")
     raise UserError(f"the dataset {dataset!r} does not number its tokens as {source!r}, which {ckpt_path} was "
@@ -301,7 +301,7 @@ def meta_vocab_size(data_dir):
     return vocab_size
 
 
-def prepare_hint(dataset):
+def _prepare_hint(dataset):
     script = os.path.join(dataset_dir(dataset), 'prepare.py')
     if os.path.exists(script):
         return f"python {os.path.relpath(script)}"
@@ -314,11 +314,11 @@ def open_split(data_dir, split, dataset, block_size, vocab_size):
     """Memory-map data/<dataset>/<split>.bin (uint16 token ids) after checking it is usable."""
     path = os.path.join(data_dir, f'{split}.bin')
     if not os.path.exists(path):
-        raise UserError(f"missing {path}: prepare the dataset first with: {prepare_hint(dataset)}")
+        raise UserError(f"missing {path}: prepare the dataset first with: {_prepare_hint(dataset)}")
     size = os.path.getsize(path)
     if size % 2:
         raise UserError(f"{path} has an odd length ({size} bytes): it is not uint16 tokens "
-                        f"(truncated?); re-run {prepare_hint(dataset)}")
+                        f"(truncated?); re-run {_prepare_hint(dataset)}")
     if size // 2 < block_size + 1:  # checked before mapping: numpy cannot map an empty file
         raise UserError(f"{path} holds {size // 2} tokens, fewer than block_size+1 = {block_size + 1}: "
                         f"use a smaller --block_size or more data")
@@ -327,5 +327,5 @@ def open_split(data_dir, split, dataset, block_size, vocab_size):
     top = int(data.max()) if len(data) <= 200_000_000 else int(data[::997].max())
     if top >= vocab_size:
         raise UserError(f"{path} contains token id {top}, not below the model's vocab_size {vocab_size}: "
-                        f"the data and meta.pkl / vocab_size do not match; re-run {prepare_hint(dataset)}")
+                        f"the data and meta.pkl / vocab_size do not match; re-run {_prepare_hint(dataset)}")
     return data

@@ -18,6 +18,11 @@ import torch
 
 from .errors import UserError, warn_once
 
+__all__ = ['PTDTYPES', 'CompiledModel', 'autocast_ctx', 'bf16_native', 'check_compile_setting',
+           'compile_model', 'compile_unavailable', 'cpu_has_bf16_units', 'device_type_of', 'eager_instead',
+           'eval_batches', 'mps_autocast_supported', 'peak_flops', 'random_state_kept', 'resolve_compile',
+           'resolve_device', 'resolve_dtype', 'sync']
+
 PTDTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
@@ -119,7 +124,7 @@ def resolve_dtype(dtype, device_type, device=None, cpu_bf16=False):
     """'auto' -> mixed precision where the device has it natively (`device`: which GPU, e.g.
     cuda:1; None means the current one). On a CPU float32, where train.py and bench.py measure
     instead (autotune.py); cpu_bf16=True (sampling) takes bfloat16 where the CPU has bf16 units,
-    as measured faster there (docs/sampling.md, "With bf16 units it is 3x"). Prints the choice and the reason."""
+    faster there (docs/sampling.md has the measurement). Prints the choice and the reason."""
     if dtype != 'auto':
         if dtype not in PTDTYPES:
             raise UserError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
@@ -158,12 +163,22 @@ def has_cxx_compiler():
     return shutil.which(cxx) is not None
 
 
+def check_compile_setting(compile):
+    if compile not in ('auto', True, False):
+        raise UserError(f"compile must be True, False or auto, got {compile!r}")
+
+
+def eager_instead(why):
+    """False (eager), after one warning, where torch.compile cannot work for reason `why`."""
+    warn_once(f"torch.compile unavailable ({why}); running eager")
+    return False
+
+
 def resolve_compile(compile, device_type):
     """'auto' -> torch.compile on CUDA (on a CPU train.py and bench.py measure instead, see
     autotune.py; elsewhere 'auto' is eager). An explicit True that cannot work warns once and
     runs eager."""
-    if compile not in ('auto', True, False):
-        raise UserError(f"compile must be True, False or auto, got {compile!r}")
+    check_compile_setting(compile)
     if compile is False:
         return False
     if compile == 'auto' and device_type == 'cpu':
@@ -173,9 +188,8 @@ def resolve_compile(compile, device_type):
     if why:
         if compile == 'auto' and device_type == 'mps':
             print(f"compile: False (auto: {why})")
-        else:
-            warn_once(f"torch.compile unavailable ({why}); running eager")
-        return False
+            return False
+        return eager_instead(why)
     if compile == 'auto':
         print("compile: True (auto: GPU)")
     return True

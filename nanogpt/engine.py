@@ -17,8 +17,8 @@ step shifts every token's position, every cached key goes stale, and no exact sh
 each step there is a window step, the plain algorithm's forward on the last block_size tokens
 (fixed shape too).
 
-The logits agree with the plain algorithm's to float rounding (1e-5 relative in float32), and so
-do the tokens drawn from them; tests/test_sampling.py checks both.
+The logits agree with the plain algorithm's to float rounding, and so do the tokens drawn from
+them; tests/test_sampling.py checks both (docs/sampling.md gives the tolerance).
 """
 
 import contextlib
@@ -28,6 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import warn_once
+
+__all__ = ['Engine', 'NonFiniteLogitsError', 'sample_next']
 
 
 class KVCache(nn.Module):
@@ -67,15 +69,11 @@ def set_caches(model, on):
         block.attn.kv_cache = KVCache(mask) if on else None
 
 
-def decode_step(model, idx, input_pos):
-    """Logits (B, vocab) of the last of the tokens idx (B, T) placed at positions input_pos (T,)."""
+def last_logits(model, idx, input_pos=None):
+    """Logits (B, vocab) of the last of the tokens idx (B, T): a decode step, with the tokens at
+    positions input_pos (T,) of the cache; without input_pos a window step, the plain algorithm's
+    forward on idx (B, <= block_size)."""
     logits, _ = model(idx, input_pos=input_pos)
-    return logits[:, -1, :]
-
-
-def window_step(model, idx):
-    """Logits (B, vocab) of the last token of idx (B, <= block_size): the plain algorithm's step."""
-    logits, _ = model(idx)
     return logits[:, -1, :]
 
 
@@ -97,10 +95,10 @@ class _LastBlockKeys(nn.Module):
 
 
 def last_position_window_step(model, idx):
-    """window_step's logits with less work: only the last position's output is needed, and in
+    """A window step's logits with less work: only the last position's output is needed, and in
     the last block nothing else depends on the other positions' outputs, so that block computes
     their keys and values only (1 of its 12 n_embd^2-sized matmul columns per position of 4 + 8),
-    about a seventh less work for the 6-layer Shakespeare model. Same math as window_step, the
+    about a seventh less work for the 6-layer Shakespeare model. Same math as last_logits, the
     same logits to float rounding."""
     *body, last = model.transformer.h
     T = idx.size(1)
@@ -128,7 +126,7 @@ def decoding_attention(device):
 
 
 class CapturedStep:
-    """A step (decode_step, or a window step) replayed from a CUDA graph, for eager generation on
+    """A step (a decode step, or a window step) replayed from a CUDA graph, for eager generation on
     CUDA (Engine without compile). At batch 1 a small model's step is a hundred-odd kernel
     launches of a few microseconds of work each, so the GPU mostly waits on the host; a graph
     replays them all with one launch. No compiling: capturing takes milliseconds, so even a short
@@ -198,14 +196,14 @@ class Engine:
 
     def __init__(self, model, compile=False):
         self.model = model
-        self.decode, self.window = decode_step, last_position_window_step
+        self.decode, self.window = last_logits, last_position_window_step
         cuda = model.lm_head.weight.device.type == 'cuda'
         if compile:
             opts = dict(mode='reduce-overhead' if cuda else None, dynamic=False)
-            self.decode = torch.compile(decode_step, **opts)
+            self.decode = torch.compile(last_logits, **opts)
             self.window = torch.compile(last_position_window_step, **opts)
         elif cuda:
-            self.decode, self.window = CapturedStep(decode_step), CapturedStep(last_position_window_step)
+            self.decode, self.window = CapturedStep(last_logits), CapturedStep(last_position_window_step)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, use_cache=True,
@@ -230,10 +228,10 @@ class Engine:
                         set_caches(model, False)
                         cached = False
                     if not cached:  # without the cache, the plain algorithm's step as it stands
-                        window = self.window if use_cache else window_step
+                        window = self.window if use_cache else last_logits
                         logits = window(model, seq[:, max(0, n - block_size):n])
                     elif pos is None:
-                        logits = decode_step(model, seq[:, :n], torch.arange(n, device=idx.device))  # prefill
+                        logits = last_logits(model, seq[:, :n], torch.arange(n, device=idx.device))  # prefill
                         pos = torch.full((1,), n, dtype=torch.long, device=idx.device)
                     else:
                         logits = self.decode(model, seq[:, n - 1:n], pos)
@@ -260,11 +258,6 @@ class Engine:
                     step.reset()  # the decode graph writes into the cache dropped next
             set_caches(model, False)
         return seq[:, :n]
-
-
-def generate(model, idx, max_new_tokens, **kw):
-    """Engine(model).generate(idx, max_new_tokens, **kw)."""
-    return Engine(model).generate(idx, max_new_tokens, **kw)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):

@@ -39,7 +39,10 @@ from dataclasses import dataclass
 
 import torch
 
-from . import devices
+from model import GPT2_SIZES
+
+from . import cpu, devices
+from .data import GPT2_PADDED_VOCAB, GPT2_VOCAB
 from .errors import UserError
 
 GB = 1e9
@@ -115,7 +118,7 @@ def optimizer_bytes(shape, optimizer):
     return 8 * shape.params + 4 * shape.tensors
 
 
-def activation_bytes(shape, batch_size, dtype='float32', written_out=False, dropout=0.0):
+def activation_bytes(shape, batch_size, dtype='float32', written_out_attention=False, dropout=0.0):
     """Bytes for one micro-batch of batch_size sequences of block_size tokens: what autograd keeps
     for the backward pass, the logits, and the peak of the backward pass on top (see the module
     docstring for the parts)."""
@@ -124,7 +127,7 @@ def activation_bytes(shape, batch_size, dtype='float32', written_out=False, drop
     # per block and token: the LayerNorms' float32 inputs and statistics; the inputs of the four
     # Linears, q, k and v, the attention output and the GELU's input: 14 values of width C
     per_token_layer = 2 * 4 * C + 16 + 14 * a * C
-    if written_out:
+    if written_out_attention:
         per_token_layer += nh * T * a  # the softmax output, (nh, T, T) per sequence
         if dropout > 0:
             per_token_layer += nh * T * (1 + a)  # its dropout mask and the dropped copy
@@ -155,34 +158,30 @@ def eval_activation_bytes(shape, batch_size, dtype='float32'):
     return batch_size * shape.block_size * per_token + (2 * shape.linear_weight_params if a == 2 else 0)
 
 
-def estimate(shape, batch_size, dtype='float32', optimizer='adamw', written_out=False, dropout=0.0, shards=1):
+def estimate(shape, batch_size, dtype='float32', optimizer='adamw', written_out_attention=False, dropout=0.0,
+             shards=1):
     """The Estimate of one process's training run. shards: processes that split the weights,
     gradients and optimizer state (FSDP), 1 otherwise."""
     return Estimate(weights=4 * shape.params // shards, gradients=4 * shape.params // shards,
                     optimizer=optimizer_bytes(shape, optimizer) // shards,
-                    activations=activation_bytes(shape, batch_size, dtype, written_out, dropout))
+                    activations=activation_bytes(shape, batch_size, dtype, written_out_attention, dropout))
 
 
 # ---- the shape a run will build, and what it will execute -------------------------------------
 
-# the shapes behind model.GPT.from_pretrained's names (vocab_size 50257, block_size 1024, biases)
-GPT2_SHAPES = {'gpt2': (12, 12, 768), 'gpt2-medium': (24, 16, 1024), 'gpt2-large': (36, 20, 1280),
-               'gpt2-xl': (48, 25, 1600)}
-
-
 def shape_for(c, ckpt, vocab_size):
     """The Shape train.py will build for settings `c`: a new model (vocab_size from meta.pkl, else
-    GPT-2's padded 50304), the resumed checkpoint's, or GPT-2's; cropped to block_size. None where
+    GPT-2's padded one), the resumed checkpoint's, or GPT-2's; cropped to block_size. None where
     it cannot be known before loading (a Hugging Face directory without a readable config.json)."""
     if c.init_from == 'scratch':
-        return Shape(c.n_layer, c.n_head, c.n_embd, c.block_size, vocab_size or 50304, c.bias)
+        return Shape(c.n_layer, c.n_head, c.n_embd, c.block_size, vocab_size or GPT2_PADDED_VOCAB, c.bias)
     if c.init_from == 'resume':
         a = ckpt['model_args']
         return Shape(a['n_layer'], a['n_head'], a['n_embd'], min(a['block_size'], c.block_size),
                      a['vocab_size'], a.get('bias', True))
-    if c.init_from in GPT2_SHAPES:
-        L, nh, C = GPT2_SHAPES[c.init_from]
-        return Shape(L, nh, C, min(1024, c.block_size), 50257, True)
+    if c.init_from in GPT2_SIZES:
+        s = GPT2_SIZES[c.init_from]
+        return Shape(s['n_layer'], s['n_head'], s['n_embd'], min(1024, c.block_size), GPT2_VOCAB, True)
     try:
         with open(os.path.join(c.init_from, 'config.json')) as f:
             hf = json.load(f)
@@ -204,16 +203,10 @@ def planned_steps(c, run):
             return [('bfloat16', False)]  # or float16 on older GPUs: 2 bytes either way
         return [('bfloat16' if devices.mps_autocast_supported() else 'float32', False)]
     measured = 'auto' in (c.dtype, c.compile) and not run.fsdp
-    dtypes = [c.dtype] if c.dtype != 'auto' else ['float32'] + (['bfloat16'] if devices.cpu_has_bf16_units() else [])
-    steps = []
-    for d in dtypes:
-        if c.dropout > 0 and c.compile is not True:
-            steps.append((d, True))
-        else:
-            steps.append((d, False))
-            if measured and d != 'float32' and c.dropout == 0:
-                steps.append((d, True))
-    return steps
+    candidates = cpu.training_candidates(c.dtype, c.dropout)
+    if c.dropout > 0 and c.compile is not True:
+        return [(d, True) for d, _ in candidates]
+    return [(d, w) for d, w in candidates if measured or not w]  # w: the attention written out
 
 
 # ---- free memory ----------------------------------------------------------------------------
@@ -390,15 +383,15 @@ def out_of_memory_error(e, when='', kept=''):
 
 def table(cards_gib=(12, 16, 24), block_size=1024, context_gib=0.5):
     """Print docs/memory.md's table: GPT-2's four shapes trained from scratch (bias=False,
-    vocab_size 50304) at block_size 1024 in bfloat16 autocast, eager, one process: the parts of
+    GPT-2's padded vocabulary) at block_size 1024 in bfloat16 autocast, eager, one process: the parts of
     the estimate, nanoGPT's batch_size 12, and the largest batch size that fits a card of 12, 16
     and 24 GiB of which context_gib go to the CUDA context and libraries."""
     print("| model | parameters | weights, gradients, AdamW state | the same with optimizer=muon | "
           "activations per sequence | all at batch_size 12 | "
           + " | ".join(f"largest batch_size, {g} GiB card" for g in cards_gib) + " |")
     print("| --- " * (6 + len(cards_gib)) + "|")
-    for name, (L, nh, C) in GPT2_SHAPES.items():
-        shape = Shape(L, nh, C, block_size, 50304, False)
+    for name, s in GPT2_SIZES.items():
+        shape = Shape(s['n_layer'], s['n_head'], s['n_embd'], block_size, GPT2_PADDED_VOCAB, False)
         one, two = estimate(shape, 1, 'bfloat16'), estimate(shape, 2, 'bfloat16')
         fits = []
         for g in cards_gib:

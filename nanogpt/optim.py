@@ -18,8 +18,12 @@ import math
 
 import torch
 
+from model import adamw, adamw_groups
+
 from . import devices
 from .errors import UserError
+
+__all__ = ['Float32Muon', 'MuonAdamW', 'build_optimizer', 'clip_gradients', 'resolve_optimizer', 'set_lr']
 
 MUON_MIN_TORCH = (2, 9)
 
@@ -153,28 +157,22 @@ def resolve_optimizer(name, device_type, device=None, sharded=False):
     return chosen
 
 
-def build_optimizer(model, c, kind, device_type):
+def build_optimizer(model, c, kind, device_type, fused=None):
     """AdamW (kind 'adamw') exactly as nanoGPT builds it (model.configure_optimizers), or MuonAdamW
-    ('muon'). `c` holds learning_rate, muon_lr, muon_momentum, weight_decay, beta1, beta2."""
+    ('muon'). `c` holds learning_rate, muon_lr, muon_momentum, weight_decay, beta1, beta2; `fused`:
+    the AdamW kernel (None: model.adamw's default)."""
     if kind == 'adamw':
-        return model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device_type)
+        return model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), device_type, fused)
     if kind != 'muon':
         raise UserError(f"unknown optimizer {kind!r}: use adamw or muon (e.g. --optimizer=muon)")
     check_muon_available()
     params = dict(model.named_parameters())
     muon_names, adamw_names = muon_param_split(model)
     # AdamW keeps nanoGPT's two groups: embeddings decay, 1-D gains and biases do not
-    decay = [params[n] for n in adamw_names if params[n].dim() >= 2]
-    nodecay = [params[n] for n in adamw_names if params[n].dim() < 2]
-    groups = [{'params': decay, 'weight_decay': c.weight_decay, 'peak_lr': c.learning_rate},
-              {'params': nodecay, 'weight_decay': 0.0, 'peak_lr': c.learning_rate}]
-    fused = device_type in ('cuda', 'cpu')
-    try:
-        adamw = torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2), fused=fused)
-    except (RuntimeError, TypeError, ValueError):
-        adamw = torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2))
+    groups = [dict(g, peak_lr=c.learning_rate) for g in adamw_groups([params[n] for n in adamw_names], c.weight_decay)]
+    adamw_part = adamw(groups, c.learning_rate, (c.beta1, c.beta2), device_type, fused)
     # the 'original' learning-rate adjustment: an update of a (rows, cols) matrix is scaled by
-    # sqrt(max(1, rows/cols)), so muon_lr is a step size per unit of spectral norm (~0.02)
+    # sqrt(max(1, rows/cols)), so muon_lr is a step size per unit of spectral norm
     muon_cls = torch.optim.Muon if devices.bf16_native(device_type) else Float32Muon
     muon = muon_cls([{'params': [params[n] for n in muon_names], 'peak_lr': c.muon_lr}],
                     lr=c.muon_lr, momentum=c.muon_momentum, weight_decay=c.weight_decay)
@@ -184,7 +182,7 @@ def build_optimizer(model, c, kind, device_type):
           f"{', float32 orthogonalisation: bfloat16 is emulated here' if muon_cls is Float32Muon else ''}); "
           f"AdamW for {len(adamw_names)} embedding, gain and bias tensors ({n_adamw:,} parameters, "
           f"lr {c.learning_rate})")
-    return MuonAdamW(muon, adamw)
+    return MuonAdamW(muon, adamw_part)
 
 
 def set_lr(optimizer, lr, learning_rate):

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks as one command, for a machine with one NVIDIA GPU (about 9 minutes on an H200):
-# the CUDA tests, then the used-by commands against the original's way (tests/gpu_check.py).
+# the CUDA tests, then the shakespeare_char GPU recipe's commands against the original's way (tests/gpu_check.py).
 #
 #   bash tests/device_check.sh path/to/tinyshakespeare/input.txt
 #

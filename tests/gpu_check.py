@@ -1,6 +1,7 @@
 """
-The GPU device check (not collected by pytest): the used-by commands on one GPU, ours against the
-original's way of running them on the same machine, side by side in one run, with ratios.
+The GPU device check (not collected by pytest): the shakespeare_char GPU recipe's training and
+sampling commands on one GPU, ours against the original's way of running them on the same
+machine, side by side in one run, with ratios.
 
     python tests/gpu_check.py --input=path/to/tinyshakespeare/input.txt          # one H200: ~7 min
     python tests/gpu_check.py --input=... --smoke      # the script itself checked on a CPU: ~30 s, a tiny model

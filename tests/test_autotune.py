@@ -26,11 +26,11 @@ def tiny(dropout=0.1):
 
 def test_pick_minimises_run_time_or_maximises_steps_in_a_budget():
     times = {('float32', False): 1.0, ('bfloat16', False): 0.8, ('bfloat16', True): 0.5}
-    assert autotune.pick(times, 100.0, steps=10) == ('bfloat16', False)  # 8 s beats 5 s + 100 s compiling
-    assert autotune.pick(times, 100.0, steps=1000) == ('bfloat16', True)  # 600 s beats 800 s
-    assert autotune.pick(times, 100.0, seconds=150) == ('bfloat16', False)  # 187 steps beat 100
-    assert autotune.pick(times, 100.0, seconds=1000) == ('bfloat16', True)  # 1800 steps beat 1250
-    assert autotune.pick({('float32', False): 1.0}, None, steps=5) == ('float32', False)
+    assert autotune.fastest(times, 100.0, steps=10) == ('bfloat16', False)  # 8 s beats 5 s + 100 s compiling
+    assert autotune.fastest(times, 100.0, steps=1000) == ('bfloat16', True)  # 600 s beats 800 s
+    assert autotune.fastest(times, 100.0, seconds=150) == ('bfloat16', False)  # 187 steps beat 100
+    assert autotune.fastest(times, 100.0, seconds=1000) == ('bfloat16', True)  # 1800 steps beat 1250
+    assert autotune.fastest({('float32', False): 1.0}, None, steps=5) == ('float32', False)
 
 
 def test_measures_once_then_uses_the_cache_and_leaves_everything_as_it_was(cache_dir, monkeypatch):
@@ -40,9 +40,9 @@ def test_measures_once_then_uses_the_cache_and_leaves_everything_as_it_was(cache
     modules = [type(m) for m in model.modules()]
     rng = torch.get_rng_state()
     lines = []
-    dtype, math_attention, compiled, compiled_model, step_s = autotune.choose(model, 4, 'auto', False, run_steps=100,
-                                                                      log=lines.append)
-    assert compiled is False and compiled_model is None and math_attention is False  # dropout: no candidate
+    dtype, written_out_attention, compiled, compiled_model, step_s = autotune.measure_and_choose(
+        model, 4, 'auto', False, run_steps=100, log=lines.append)
+    assert compiled is False and compiled_model is None and written_out_attention is False  # dropout: no candidate
     assert step_s > 0  # the chosen candidate's measured time: the run's estimate starts from it
     assert 'measured)' in lines[0] and 'float32 eager' in lines[0] and 'bfloat16 eager' in lines[0]
     assert lines[-1].startswith(f'using dtype: {dtype}, compile: False (auto: fastest measured)')
@@ -51,7 +51,7 @@ def test_measures_once_then_uses_the_cache_and_leaves_everything_as_it_was(cache
     (key, entry), = cache.items()
     assert 'batch 4 x 16' in key and f'torch {torch.__version__}' in key
     assert set(entry['eager']) == {'float32', 'bfloat16'}
-    assert dtype == min(entry['eager'], key=entry['eager'].get)  # the fastest measured (no '+math': dropout)
+    assert dtype == min(entry['eager'], key=entry['eager'].get)  # the fastest measured (no written-out candidate: dropout)
     # the trial changed nothing: weights, gradients, the CPU random stream, the modules
     assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
@@ -59,17 +59,17 @@ def test_measures_once_then_uses_the_cache_and_leaves_everything_as_it_was(cache
     assert [type(m) for m in model.modules()] == modules and all(b.attn.flash for b in model.transformer.h)
 
     lines.clear()
-    again = autotune.choose(model, 4, 'auto', False, run_steps=100, log=lines.append)
+    again = autotune.measure_and_choose(model, 4, 'auto', False, run_steps=100, log=lines.append)
     assert again[0] == dtype and 'cached in' in lines[0]
     lines.clear()
-    autotune.choose(model, 8, 'auto', False, run_steps=100, log=lines.append)  # another batch shape
+    autotune.measure_and_choose(model, 8, 'auto', False, run_steps=100, log=lines.append)  # another batch shape
     assert 'measured)' in lines[0]
 
 
 def test_without_bf16_units_only_float32_is_a_candidate(cache_dir, monkeypatch):
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: False)
     lines = []
-    assert autotune.choose(tiny(), 4, 'auto', False, run_steps=100, log=lines.append)[:3] == ('float32', False, False)
+    assert autotune.measure_and_choose(tiny(), 4, 'auto', False, run_steps=100, log=lines.append)[:3] == ('float32', False, False)
     assert not any('bfloat16' in line for line in lines)
     assert not (cache_dir / 'autotune.json').exists()  # nothing to measure: one candidate
 
@@ -77,11 +77,11 @@ def test_without_bf16_units_only_float32_is_a_candidate(cache_dir, monkeypatch):
 def test_compiling_is_not_tried_for_a_short_run(cache_dir, monkeypatch):
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: False)
     lines = []
-    dtype, _, compiled, _, _ = autotune.choose(tiny(), 4, 'auto', 'auto', run_steps=50, log=lines.append)
+    dtype, _, compiled, _, _ = autotune.measure_and_choose(tiny(), 4, 'auto', 'auto', run_steps=50, log=lines.append)
     assert compiled is False
     assert any(line.startswith('auto compile: not tried') for line in lines)
     lines.clear()
-    autotune.choose(tiny(), 4, 'auto', 'auto', run_steps=None, budget_s=30, log=lines.append)
+    autotune.measure_and_choose(tiny(), 4, 'auto', 'auto', run_steps=None, budget_s=30, log=lines.append)
     assert any('would not repay' in line for line in lines)
 
 
@@ -99,18 +99,19 @@ def test_without_dropout_written_out_attention_is_a_bf16_candidate(cache_dir, mo
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: True)
     model = tiny(dropout=0.0)
     lines = []
-    dtype, math_attention, _, _, _ = autotune.choose(model, 4, 'auto', False, run_steps=100, log=lines.append)
+    dtype, written_out_attention, _, _, _ = autotune.measure_and_choose(model, 4, 'auto', False, run_steps=100,
+                                                                        log=lines.append)
     with open(cache_dir / 'autotune.json') as f:
         (entry,) = json.load(f).values()
-    assert set(entry['eager']) == {'float32', 'bfloat16', 'bfloat16+math'}
+    assert set(entry['eager']) == {'float32', 'bfloat16', 'bfloat16+written_out_attention'}
     best = min(entry['eager'], key=entry['eager'].get)
-    assert (dtype, math_attention) == (best.partition('+')[0], best.endswith('+math'))
+    assert (dtype, written_out_attention) == (best.partition('+')[0], best.endswith('+written_out_attention'))
     assert all(blk.attn.flash for blk in model.transformer.h)  # the trial put it back
     assert autotune.candidates(model, 'float32') == ['float32']  # float32 keeps the fused kernel
 
 
 def test_compile_is_tried_for_long_runs_only_at_each_device_types_guesses():
-    """Before any compile was measured: the used-by command on a GPU (~5000 steps of ~10 ms eager)
+    """Before any compile was measured: the shakespeare_char GPU recipe on a GPU (~5000 steps of ~10 ms eager)
     tries compiling, a short GPU run does not; the five-minute CPU recipe (4 layers, a 300 s
     budget) does not either (compiling would take much of its budget)."""
     gpu_guess = autotune.compile_guess({}, 6, 'cuda')
@@ -128,9 +129,9 @@ def test_a_measured_compile_on_this_machine_replaces_the_guess():
     assert autotune.compile_guess(cache, 6, 'cpu') == pytest.approx(60.0)  # the slowest per layer here: 10 s
 
 
-def test_resolve_applies_the_rule_where_nothing_is_auto(cache_dir):
-    choice = autotune.resolve(tiny(), 4, 'float32', False, 'cpu', 'cpu', run_steps=100)
+def test_choose_dtype_and_compile_applies_the_rule_where_nothing_is_auto(cache_dir):
+    choice = autotune.choose_dtype_and_compile(tiny(), 4, 'float32', False, 'cpu', 'cpu', run_steps=100)
     assert choice == autotune.Choice('float32', False, False, None, None)
     assert not (cache_dir / 'autotune.json').exists()
     with pytest.raises(Exception, match="compile must be True, False or auto, got 'yes'"):
-        autotune.resolve(tiny(), 4, 'auto', 'yes', 'cpu', 'cpu', run_steps=100)
+        autotune.choose_dtype_and_compile(tiny(), 4, 'auto', 'yes', 'cpu', 'cpu', run_steps=100)

@@ -234,10 +234,10 @@ def test_generate_reads_the_finiteness_flag_only_at_planned_points(monkeypatch, 
     m = tiny_model()
     prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
     torch.manual_seed(0)
-    expected = engine.generate(m, prompt, 150, temperature=0.8, top_k=5, use_cache=use_cache)
+    expected = engine.Engine(m).generate(prompt, 150, temperature=0.8, top_k=5, use_cache=use_cache)
     counts = count_host_reads(monkeypatch)
     torch.manual_seed(0)
-    got = engine.generate(m, prompt, 150, temperature=0.8, top_k=5, use_cache=use_cache)
+    got = engine.Engine(m).generate(prompt, 150, temperature=0.8, top_k=5, use_cache=use_cache)
     assert torch.equal(got, expected)
     every = engine.FINITE_CHECK_EVERY
     assert counts['checks'] == math.ceil(150 / every)  # every 64 tokens, and once at the end
@@ -252,7 +252,7 @@ def test_generate_with_on_token_checks_before_each_callback(monkeypatch):
     def on_token(nxt):
         seen.append(counts['checks'])
         return len(seen) == 10
-    out = engine.generate(m, torch.tensor([[1, 2]]), 50, on_token=on_token)
+    out = engine.Engine(m).generate(torch.tensor([[1, 2]]), 50, on_token=on_token)
     assert out.shape == (1, 12)
     assert seen == list(range(1, 11))  # the flag was looked at before every token was handed over
     assert counts['checks'] == 10  # and not again after the early stop
@@ -271,11 +271,11 @@ def test_non_finite_logits_still_raise_and_never_reach_multinomial(monkeypatch, 
         return multinomial(probs, *args, **kwargs)
     monkeypatch.setattr(torch, 'multinomial', checked_multinomial)
     with pytest.raises(NonFiniteLogitsError):
-        engine.generate(m, torch.tensor([[1, 2]]), 5, use_cache=use_cache)
+        engine.Engine(m).generate(torch.tensor([[1, 2]]), 5, use_cache=use_cache)
     assert inputs and all(inputs)
     handed = []
     with pytest.raises(NonFiniteLogitsError):  # and on_token never sees a token drawn from them
-        engine.generate(m, torch.tensor([[1, 2]]), 5, use_cache=use_cache, on_token=handed.append)
+        engine.Engine(m).generate(torch.tensor([[1, 2]]), 5, use_cache=use_cache, on_token=handed.append)
     assert handed == []
 
 

@@ -19,7 +19,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 from conftest import NO_NETWORK, PROJECT, run_script, tiny_args
 from nanogpt.errors import UserError
 from model import GPT, GPTConfig
-from nanogpt.engine import generate
+from nanogpt.engine import Engine
 from tiktoken_offline import offline_env, seed_cache
 import export_hf
 
@@ -91,7 +91,7 @@ def test_from_pretrained_matches_transformers(tmp_path, activation):
     with torch.no_grad():
         hf_greedy = hf.generate(idx[:1, :8], max_new_tokens=6, do_sample=False, pad_token_id=0)
     with torch.no_grad():
-        ours_greedy = generate(GPT.from_pretrained(str(tmp_path)).eval(), idx[:1, :8], 6, temperature=0)
+        ours_greedy = Engine(GPT.from_pretrained(str(tmp_path)).eval()).generate(idx[:1, :8], 6, temperature=0)
     assert ours_greedy.tolist() == hf_greedy.tolist()
 
 

@@ -53,7 +53,7 @@ def generate_both(m, prompt, max_new, monkeypatch, seed=0, **kw):
     for use_cache in (False, True):
         seen = record_logits(monkeypatch)
         torch.manual_seed(seed)
-        out[use_cache] = (engine.generate(m, prompt, max_new, use_cache=use_cache, **kw), seen)
+        out[use_cache] = (engine.Engine(m).generate(prompt, max_new, use_cache=use_cache, **kw), seen)
     return out[False], out[True]
 
 
@@ -101,7 +101,7 @@ def test_temperature_zero_is_greedy_and_draws_nothing():
             expected = torch.cat((expected, logits.argmax(-1, keepdim=True)), dim=1)
     torch.manual_seed(3)
     state = torch.get_rng_state()
-    assert torch.equal(engine.generate(m, prompt, BLOCK + 4, temperature=0), expected)
+    assert torch.equal(engine.Engine(m).generate(prompt, BLOCK + 4, temperature=0), expected)
     assert torch.equal(torch.get_rng_state(), state)
 
 
@@ -125,7 +125,7 @@ def test_non_finite_logits_raise_before_multinomial():
         m.lm_head.weight.fill_(3e38)  # finite weights whose logits overflow
     for use_cache in (True, False):
         with pytest.raises(NonFiniteLogitsError):
-            engine.generate(m, torch.tensor([[1, 2]]), 3, use_cache=use_cache)
+            engine.Engine(m).generate(torch.tensor([[1, 2]]), 3, use_cache=use_cache)
 
 
 # ---- sample.py in-process: stop, stream, batched ------------------------------------------------
@@ -411,7 +411,7 @@ def test_engine_draws_the_tokens_of_the_plain_generate(kw):
     torch.manual_seed(3)
     plain = m.generate(prompt, 2 * BLOCK, **kw)
     torch.manual_seed(3)
-    assert torch.equal(engine.generate(m, prompt, 2 * BLOCK, **kw), plain)
+    assert torch.equal(engine.Engine(m).generate(prompt, 2 * BLOCK, **kw), plain)
 
 
 def test_compiled_engine_draws_the_tokens_of_the_plain_generate():
