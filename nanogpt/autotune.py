@@ -33,8 +33,9 @@ from collections import namedtuple
 
 import torch
 
-from . import control, cpu, devices, progress
+from . import cpu, devices, progress
 from .errors import UserError, warn_once
+from .signals import abandonable
 
 TRIAL_SECONDS = 4.0  # time for the timed eager micro-steps of all candidates together
 # compiling is tried when the run's expected saving, at this fraction of its eager time, is more
@@ -316,7 +317,7 @@ def resolve(model, batch_size, dtype, compile, device_type, device, run_steps, b
         warn_once(f"torch.compile unavailable ({why_not}); running eager")
         compile = False
     # a stop signal abandons the measurement: the loop then stops before its first iteration
-    choice = control.abandonable(choose, model, batch_size, dtype, compile, run_steps, budget_s, not why_not)
+    choice = abandonable(choose, model, batch_size, dtype, compile, run_steps, budget_s, not why_not)
     if choice is None:
         print("dtype/compile measurement abandoned: stopping")
         choice = Choice('float32' if dtype == 'auto' else dtype, False, False, None, None)
@@ -332,11 +333,11 @@ def choose_for_training(model, c, run, ckpt, budget):
     dtype, written_out, use_compile, compiled, step_s = resolve(
         model, c.batch_size, c.dtype, c.compile, run.device_type, run.device, steps,
         budget.left() if budget else None, run.fsdp)
-    if run.ddp:  # every process measured (or applied the rule); rank 0's choice holds for all
+    if run.torchrun:  # every process measured (or applied the rule); rank 0's choice holds for all
         import torch.distributed as dist
         choice = [dtype, written_out, use_compile]
         dist.broadcast_object_list(choice, src=0)
         dtype, written_out, use_compile = choice
         compiled = compiled if use_compile else None  # else compile_and_wrap compiles
-    return run.but(dtype=dtype, compile=use_compile, written_out_attention=written_out, micro_step_s=step_s,
+    return run.replace(dtype=dtype, compile=use_compile, written_out_attention=written_out, micro_step_s=step_s,
                    eval_batches=devices.eval_batches(c, model.config.vocab_size, run.device_type)), compiled

@@ -29,7 +29,7 @@ def test_evaluations_left_counts_each_multiple_and_the_closing_one():
 
 
 def test_estimate_adds_iterations_evaluations_and_compiling():
-    # the used-by GPU recipe on a slow CPU: 5001 iterations of 5 s and 21 evaluations of 11 minutes
+    # the shakespeare_char GPU recipe (config/train_shakespeare_char.py) on a slow CPU: 5001 iterations of 5 s and 21 evaluations of 11 minutes
     s = progress.estimate_s(0, 5000, 250, iter_s=5.0, eval_s=660.0)
     assert s == 5001 * 5.0 + 21 * 660.0
     assert progress.estimate_s(0, 5000, 250, 5.0, 660.0, compile_s=60.0) == s + 60.0
