@@ -17,6 +17,11 @@ import torch
 from . import devices
 from .errors import UserError
 
+__all__ = ['ARCH_KEYS', 'KEPT_ARCH_KEYS', 'save_checkpoint', 'load_checkpoint', 'init_checkpoint_path', 'init_source',
+           'finetune_start', 'clean_state_dict', 'model_from_checkpoint', 'random_state_to_save',
+           'restore_random_state', 'find_resume_checkpoint', 'NonFiniteWeights', 'write', 'load_optimizer_state',
+           'pid_alive']
+
 # model_args' keys that rebuild the architecture (GPTConfig's fields, dropout aside)
 ARCH_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')
 # those a trained model keeps, whatever the settings say (block_size may be cropped, and

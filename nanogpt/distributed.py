@@ -21,6 +21,10 @@ from . import checkpoint, devices, progress
 from .errors import UserError, warn_once
 from .signals import abandonable
 
+__all__ = ['under_torchrun', 'quiet_other_ranks', 'ProcessPlace', 'init_distributed', 'init_process_group',
+           'PROCESS_GROUP_TIMEOUT_MINUTES', 'shutdown_distributed', 'shard', 'compile_and_wrap',
+           'mean_over_processes', 'full_state_dicts', 'load_optimizer_state', 'gather_random_states']
+
 
 def under_torchrun():
     """Whether this process is one of torchrun's (which sets RANK, LOCAL_RANK, WORLD_SIZE), one

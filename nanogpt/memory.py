@@ -41,6 +41,9 @@ import torch
 from . import checkpoint, devices
 from .errors import UserError
 
+__all__ = ['GB', 'Shape', 'Estimate', 'estimate', 'optimizer_bytes', 'activation_bytes', 'eval_activation_bytes',
+           'host_available', 'device_free', 'check_fits', 'out_of_memory_error', 'table']
+
 GB = 1e9
 
 

@@ -12,6 +12,8 @@ import time
 from . import devices
 from .errors import warn_once
 
+__all__ = ['Metrics', 'format_duration']
+
 
 def format_duration(s):
     s = max(0, int(round(s)))
