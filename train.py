@@ -251,7 +251,6 @@ def train(c, given=None, t0=None):
                 'scaler': scaler.state_dict() if scaler.is_enabled() else None,
                 'gelu_approximate': raw_model.gelu_approximate,  # a finetuned GPT-2 keeps its tanh GELU
             })
-
         while True:
             # the last iteration is an evaluation point too, so that every run ends with a saved model;
             # a signal stops the run; closing (eval_only, or the time budget's end) evaluates and ends it
