@@ -14,8 +14,6 @@ from .errors import UserError, warn_once
 from .metrics import format_duration
 from .progress import IterationTimes, evaluation_s
 
-__all__ = ['TimeBudget', 'start_budget']
-
 
 class TimeBudget:
     """The wall-clock budget of a run, from the start of the process to its last checkpoint,

@@ -26,8 +26,6 @@ try:
 except ImportError:  # Windows
     fcntl = None
 
-__all__ = ['Run', 'check_settings', 'resolve_run', 'check_out_dir', 'release_out_dir', 'check_seed', 'SEED_MAX']
-
 
 @dataclass(frozen=True)
 class Run:

@@ -9,8 +9,6 @@ import signal
 import threading
 import time
 
-__all__ = ['Stopped', 'StopSignals', 'abandonable']
-
 
 class Stopped(BaseException):
     """A stop signal abandoned the work under way (an evaluation, the dtype/compile measurement,
