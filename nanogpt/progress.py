@@ -275,9 +275,9 @@ class RunEstimate:
 
     def iteration_done(self, seconds, iter_num, local_iter_num, spent_s):
         """An iteration's own work took `seconds`; `spent_s`: the run's time so far."""
-        self.iter_times.add(seconds)
         if not self.active:
             return
+        self.iter_times.add(seconds)
         if self.estimated is None and local_iter_num == 1:  # no evaluation came first (a resumed run)
             self._show(iter_num, local_iter_num, eval_s=None)
         elif not self.refined and len(self.iter_times) >= 10 and self.last_eval_s is not None:
