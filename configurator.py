@@ -171,8 +171,9 @@ def resumed_settings(c, ckpt, defaults, given=None):
                 setattr(c, k, check_type(k, v, defaults[k], f"{c.out_dir} checkpoint config"))
             except UserError as e:
                 warn_once(f"{e}; using {getattr(c, k)!r}")
+    from nanogpt.checkpoint import KEPT_ARCH_KEYS  # here, not at the top: plot.py imports this module without torch
     margs = ckpt['model_args']
-    for k in ('n_layer', 'n_head', 'n_embd', 'bias'):
+    for k in KEPT_ARCH_KEYS:
         if was_given(k) and getattr(c, k) != margs[k]:
             raise UserError(f"the checkpoint has {k}={margs[k]!r} but {k}={getattr(c, k)!r} was given: "
                             f"drop the override, or train a new model in another --out_dir")

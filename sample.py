@@ -26,7 +26,7 @@ import torch
 from configurator import apply_overrides, settings_of
 from model import GPT
 from nanogpt import devices
-from nanogpt.checkpoint import init_checkpoint_path, load_checkpoint, model_from_checkpoint
+from nanogpt.checkpoint import init_checkpoint_path, init_source, load_checkpoint, model_from_checkpoint
 from nanogpt.data import TokenIds, read_text_file, tokenizer_for
 from nanogpt.engine import Engine, NonFiniteLogitsError
 from nanogpt.errors import UserError, run_cli
@@ -81,7 +81,7 @@ def load_model(c):
         ckpt = load_checkpoint(named or os.path.join(c.out_dir, 'ckpt.pt'), 'cpu')
         model = model_from_checkpoint(ckpt, dropout=0.0)
         dataset = (ckpt.get('config') or {}).get('dataset')
-    elif c.init_from.startswith('gpt2') or os.path.isdir(c.init_from):
+    elif init_source(c.init_from) in ('gpt2', 'hf'):
         try:
             model = GPT.from_pretrained(c.init_from, dict(dropout=0.0))
         except (ImportError, OSError, ValueError) as e:  # from_pretrained's one-line messages

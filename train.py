@@ -10,10 +10,11 @@ Train a GPT, on one device or on several (torchrun).
     torchrun --standalone --nproc_per_node=4 train.py config/train_gpt2.py
 
 The settings are the module-level variables below; config files and --key=value override them
-(configurator.py). out_dir/ckpt.pt is the best model by validation loss (what sample.py reads);
-out_dir/last.pt is the latest training state, written when an evaluation does not improve and when
-the run is stopped (Ctrl-C, SIGTERM). init_from='resume' continues from the newer of the two, and
-computes what the run would have computed had it never stopped.
+(configurator.py). out_dir/ckpt.pt is the model sample.py reads, written at every evaluation (with
+always_save_checkpoint=False only when the validation loss improves); out_dir/last.pt is the latest
+training state while it is newer, written when the run is stopped (Ctrl-C, SIGTERM) and, with
+always_save_checkpoint=False, when an evaluation does not improve. init_from='resume' continues
+from the newer of the two, and computes what the run would have computed had it never stopped.
 
 Read train() from the top: the settings and what they resolve to, the data and the model, the
 optimizer, then the training loop. What 'auto' chooses, torchrun, the CPU fast paths, checkpoint
@@ -26,7 +27,6 @@ import time
 _T_IMPORT = time.time()  # a time budget counts from here: importing torch is part of the run
 
 import math
-import os
 import sys
 from types import SimpleNamespace
 
@@ -36,11 +36,13 @@ import torch
 from configurator import apply_overrides, given_settings, resumed_settings, settings_of
 from model import GPT, GPTConfig
 from nanogpt import autotune, checkpoint, cpu, distributed, memory, settings
-from nanogpt.control import RunControl, abandonable, start_budget, watched
+from nanogpt.budget import start_budget
+from nanogpt.control import RunControl, watched
 from nanogpt.data import GPT2_PADDED_VOCAB, GPT2_VOCAB, dataset_dir, meta_vocab_size, open_split
 from nanogpt.devices import autocast_ctx
 from nanogpt.errors import UserError, run_cli
 from nanogpt.optim import build_optimizer, clip_gradients, set_lr
+from nanogpt.signals import abandonable
 
 # -----------------------------------------------------------------------------------------------
 # default settings: GPT-2 (124M) on OpenWebText, as in nanoGPT
@@ -159,8 +161,8 @@ def init_model(c, ckpt, vocab_size):
     elif c.init_from == 'resume':
         print(f"Resuming training from {ckpt['path']} (iter {ckpt['iter_num']})")
         model = checkpoint.model_from_checkpoint(ckpt, dropout=c.dropout)
-    elif checkpoint.init_checkpoint_path(c.init_from):
-        model = checkpoint.start_from(c)  # checks that its vocabulary is the dataset's
+    elif checkpoint.init_source(c.init_from) == 'checkpoint':
+        model = checkpoint.finetune_start(c)  # checks that its vocabulary is the dataset's
     else:
         print(f"Initializing from OpenAI GPT-2 weights: {c.init_from}")
         try:
@@ -189,8 +191,8 @@ def train(c, given=None, t0=None):
     # ---- settings: what was given, what a resumed run keeps, what 'auto' resolves to ----
     ckpt = checkpoint.find_resume_checkpoint(c.out_dir, best=c.eval_only) if c.init_from == 'resume' else None
     c = resumed_settings(c, ckpt, DEFAULTS, given)  # a resumed run keeps its settings, unless given again
-    settings.check(c, DEFAULTS)
-    run = settings.resolve(c)  # torchrun's processes, the device, the optimizer, micro-steps per process
+    settings.check_settings(c, DEFAULTS)
+    run = settings.resolve_run(c)  # torchrun's processes, the device, the optimizer, micro-steps per process
     budget = start_budget(c, ckpt, t0)  # None without a time budget
     if run.master:
         settings.check_out_dir(c.out_dir, lock=not c.eval_only)  # and take it: one training run per out_dir
@@ -220,64 +222,65 @@ def train(c, given=None, t0=None):
     optimizer = build_optimizer(model, c, run.optimizer, run.device_type)
     iter_num, best_val_loss = 0, 1e9
     if ckpt is not None:
-        checkpoint.load_optimizer_state(optimizer, ckpt, run.optimizer, model if run.fsdp else None)
+        distributed.load_optimizer_state(model, optimizer, ckpt, run)  # FSDP: each process keeps its shards
         iter_num, best_val_loss = ckpt['iter_num'], float(ckpt['best_val_loss'])
         if scaler.is_enabled() and ckpt.get('scaler'):
             scaler.load_state_dict(ckpt['scaler'])
     model, eval_model = distributed.compile_and_wrap(model, compiled, run, c.batch_size)  # DDP under torchrun, without FSDP
     masks.seed(c.seed + run.rank)
     if ckpt is not None:
-        checkpoint.restore_rng(ckpt, run, masks)  # the resumed run draws the batches and masks it would have
+        checkpoint.restore_random_state(ckpt, run, masks)  # the resumed run draws the batches and masks it would have
     ckpt = None  # free the loaded tensors
 
-    def save(name):
-        """Write out_dir/<name>: nanoGPT's keys, then what an exact resume needs besides."""
-        model_sd, optim_sd = distributed.full_state_dicts(raw_model, optimizer, run)  # FSDP: gathered on rank 0
-        ctl.save(name, {
-            'model': model_sd,
-            'optimizer': optim_sd,
-            'model_args': model_args,
-            'iter_num': iter_num,
-            'best_val_loss': best_val_loss,
-            'config': config,
-            'rng': checkpoint.rng_state(rng_batch, run, masks),  # the random streams, as at the last batch draw
-            'scaler': scaler.state_dict() if scaler.is_enabled() else None,
-            'gelu_approximate': raw_model.gelu_approximate,  # a finetuned GPT-2 keeps its tanh GELU
-        })
-
     # ---- the training loop ----
-    with RunControl(c, run, raw_model, config, budget) as ctl:  # signals, time budget, console, metrics.jsonl
+    with RunControl(c, run, raw_model, config, budget) as ctl:  # time budget, console, metrics.jsonl
         rng_batch = torch.get_rng_state()  # before each training batch: a resumed run draws it again from here
         X, Y = get_batch(data['train'], c, run)  # the very first batch
+
+        def save(name):
+            """Write out_dir/<name>: nanoGPT's keys, then what an exact resume needs besides."""
+            model_sd, optim_sd = distributed.full_state_dicts(raw_model, optimizer, run)  # FSDP: gathered on rank 0
+            ctl.save(name, {
+                'model': model_sd,
+                'optimizer': optim_sd,
+                'model_args': model_args,
+                'iter_num': iter_num,
+                'best_val_loss': best_val_loss,
+                'config': config,
+                'rng': checkpoint.random_state_to_save(rng_batch, run, masks),  # as at the last batch draw
+                'scaler': scaler.state_dict() if scaler.is_enabled() else None,
+                'gelu_approximate': raw_model.gelu_approximate,  # a finetuned GPT-2 keeps its tanh GELU
+            })
         while True:
-            # the learning rate for this iteration; a signal stops the run, the time budget closes it
-            # the last iteration is an evaluation point too, so that every run ends with a saved model
-            eval_due = iter_num % c.eval_interval == 0 or c.eval_only or iter_num >= c.max_iters
-            stop, closing = ctl.check(iter_num, eval_due)
+            # the last iteration is an evaluation point too, so that every run ends with a saved model;
+            # a signal stops the run; closing (eval_only, or the time budget's end) evaluates and ends it
+            eval_due = iter_num % c.eval_interval == 0 or iter_num >= c.max_iters
+            stop, closing = ctl.before_iteration(iter_num, eval_due)
+            evaluate = eval_due or closing
             lr = get_lr(ctl.schedule_iter(iter_num), c) if c.decay_lr else c.learning_rate
             set_lr(optimizer, lr, c.learning_rate)
             # evaluate the loss on train and val; a signal abandons the evaluation (it changes no state)
-            if (eval_due or closing) and not stop:
+            if evaluate and not stop:
                 losses = abandonable(estimate_loss, eval_model, data, ctx, c, run, ctl)  # None: a signal came
                 stop = losses is None
             if stop:
                 save('last.pt')
                 ctl.stopped(iter_num)
                 break
-            if eval_due or closing:  # report the losses; save the best model, or else the latest state
+            if evaluate:  # report the losses; write ckpt.pt, or last.pt when it did not improve
                 ctl.evaluated(iter_num, losses, lr)  # prints 'step N: train loss ..., val loss ...'
                 if losses['val'] < best_val_loss or c.always_save_checkpoint:
                     best_val_loss = losses['val']
-                    if iter_num > 0 and not c.eval_only:
+                    if iter_num > 0:
                         save('ckpt.pt')
-                elif ctl.local_iters > 0 and not c.eval_only:  # a run's first state is the one it loaded
+                elif ctl.local_iter_num > 0:  # a run's first state is the one it loaded
                     save('last.pt')
-            if c.eval_only or closing:
+            if closing:
                 break
 
             # forward, backward and update, with gradient accumulation over micro-steps
             for micro_step in range(run.grad_accum):
-                if run.ddp and not run.fsdp:
+                if run.torchrun and not run.fsdp:
                     # DDP all-reduces the gradients on the last micro-step only; FSDP reduce-scatters
                     # each one, keeping its gradients sharded, which is the memory it exists to save
                     model.require_backward_grad_sync = (micro_step == run.grad_accum - 1)
@@ -305,8 +308,7 @@ def train(c, given=None, t0=None):
 
 def main(argv=None):
     """train.py's command line: settings from config files and --key=value, then train()."""
-    if int(os.environ.get('RANK', 0)) != 0:
-        sys.stdout = open(os.devnull, 'w')  # under torchrun rank 0 alone prints, the settings included
+    distributed.quiet_other_ranks()  # under torchrun rank 0 alone prints, the settings included
     own_command = argv is None
     argv = sys.argv[1:] if own_command else argv
     c = SimpleNamespace(**apply_overrides(DEFAULTS, argv))

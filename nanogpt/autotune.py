@@ -33,8 +33,9 @@ from collections import namedtuple
 
 import torch
 
-from . import control, cpu, devices, progress
+from . import cpu, devices, progress
 from .errors import warn_once
+from .signals import abandonable
 
 __all__ = ['Choice', 'choose_dtype_and_compile', 'choose_for_training', 'measure_and_choose', 'will_measure']
 
@@ -313,7 +314,7 @@ def choose_dtype_and_compile(model, batch_size, dtype, compile, device_type, dev
     if why_not and compile is True:
         compile = devices.eager_instead(why_not)
     # a stop signal abandons the measurement: the loop then stops before its first iteration
-    choice = control.abandonable(measure_and_choose, model, batch_size, dtype, compile, run_steps, budget_s, not why_not)
+    choice = abandonable(measure_and_choose, model, batch_size, dtype, compile, run_steps, budget_s, not why_not)
     if choice is None:
         print("dtype/compile measurement abandoned: stopping")
         choice = Choice('float32' if dtype == 'auto' else dtype, False, False, None, None)
@@ -329,11 +330,11 @@ def choose_for_training(model, c, run, ckpt, budget):
     dtype, written_out_attention, use_compile, compiled, step_s = choose_dtype_and_compile(
         model, c.batch_size, c.dtype, c.compile, run.device_type, run.device, steps,
         budget.left() if budget else None, run.fsdp)
-    if run.ddp:  # every process measured (or applied the rule); rank 0's choice holds for all
+    if run.torchrun:  # every process measured (or applied the rule); rank 0's choice holds for all
         import torch.distributed as dist
         choice = [dtype, written_out_attention, use_compile]
         dist.broadcast_object_list(choice, src=0)
         dtype, written_out_attention, use_compile = choice
         compiled = compiled if use_compile else None  # else compile_and_wrap compiles
-    return run.but(dtype=dtype, compile=use_compile, written_out_attention=written_out_attention, micro_step_s=step_s,
+    return run.replace(dtype=dtype, compile=use_compile, written_out_attention=written_out_attention, micro_step_s=step_s,
                    eval_batches=devices.eval_batches(c, model.config.vocab_size, run.device_type)), compiled

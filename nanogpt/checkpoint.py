@@ -1,8 +1,10 @@
 """
 Checkpoint files: the crash-safe write (save_checkpoint, and write for train.py's training state),
-the safe load (weights_only), the resume choice between ckpt.pt (best by val loss) and last.pt (the
-latest state), and what a resumed run takes back: the model, the optimizer state and the random
-streams. train.py builds the checkpoint's contents itself, where it saves; sample.py and
+the safe load (weights_only), the resume choice between ckpt.pt (written at each evaluation, or
+only when the validation loss improves with always_save_checkpoint=False) and last.pt (the latest
+state, when newer), what init_from names, and what a resumed run takes back: the model, the
+optimizer state and the random streams. Files only: torchrun's side (gathering, FSDP shards) is in
+distributed.py. train.py builds the checkpoint's contents itself, where it saves; sample.py and
 export_hf.py read them through load_checkpoint and model_from_checkpoint.
 """
 
@@ -12,10 +14,19 @@ import re
 
 import torch
 
+from . import devices
 from .errors import UserError
+
+__all__ = ['ARCH_KEYS', 'KEPT_ARCH_KEYS', 'save_checkpoint', 'load_checkpoint', 'init_checkpoint_path', 'init_source',
+           'finetune_start', 'clean_state_dict', 'model_from_checkpoint', 'random_state_to_save',
+           'restore_random_state', 'find_resume_checkpoint', 'NonFiniteWeights', 'write', 'load_optimizer_state',
+           'pid_alive']
 
 # model_args' keys that rebuild the architecture (GPTConfig's fields, dropout aside)
 ARCH_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')
+# those a trained model keeps, whatever the settings say (block_size may be cropped, and
+# vocab_size comes with the data)
+KEPT_ARCH_KEYS = tuple(k for k in ARCH_KEYS if k not in ('block_size', 'vocab_size'))
 
 
 def _temp_prefix(path):
@@ -131,14 +142,27 @@ def load_checkpoint(path, device='cpu'):
 
 def init_checkpoint_path(init_from):
     """The checkpoint file that init_from names for a new run to start from: the file itself
-    (out-x/ckpt.pt), or in a train.py out_dir its ckpt.pt (the best model), else its last.pt.
-    None when init_from names no checkpoint (scratch, resume, a GPT-2 name or directory)."""
+    (out-x/ckpt.pt), or in a train.py out_dir its ckpt.pt, else its last.pt. None when init_from
+    names no checkpoint (scratch, resume, a GPT-2 name or directory)."""
     if os.path.isfile(init_from):
         return init_from
     return next((p for p in (os.path.join(init_from, n) for n in ('ckpt.pt', 'last.pt')) if os.path.isfile(p)), None)
 
 
-def start_from(c):
+def init_source(init_from):
+    """What init_from names: 'scratch', 'resume', 'checkpoint' (a file, or an out_dir holding
+    one: init_checkpoint_path), 'hf' (any other directory: Hugging Face GPT-2 files), 'gpt2' (a
+    name for model.GPT.from_pretrained) or None (nothing known)."""
+    if init_from in ('scratch', 'resume'):
+        return init_from
+    if init_checkpoint_path(init_from):
+        return 'checkpoint'
+    if os.path.isdir(init_from):
+        return 'hf'
+    return 'gpt2' if init_from.startswith('gpt2') else None
+
+
+def finetune_start(c):
     """train.py's init_from=<checkpoint or out_dir>: that model's weights, to train on c.dataset
     from iteration 0 with a fresh optimizer (finetuning your own model on new text). The model
     keeps its shape; its token ids must mean what the new dataset's mean (nanogpt/data.py)."""
@@ -150,7 +174,7 @@ def start_from(c):
           f"a fresh optimizer, iteration 0")
     check_same_vocabulary(source, c.dataset, path)
     model = model_from_checkpoint(ckpt, dropout=c.dropout)
-    differ = [k for k in ('n_layer', 'n_head', 'n_embd', 'bias') if getattr(model.config, k) != getattr(c, k)]
+    differ = [k for k in KEPT_ARCH_KEYS if getattr(model.config, k) != getattr(c, k)]
     if differ:
         print(f"note: the model keeps the shape it was trained with "
               f"({', '.join(f'{k}={getattr(model.config, k)}' for k in differ)}), not the settings' "
@@ -195,42 +219,30 @@ def model_from_checkpoint(ckpt, **override):
     return model
 
 
-def rng_state(rng_batch, run, masks):
-    """The random streams a resume restores: the CPU generator as it was before the batch last
-    drawn (the resumed run draws that batch again), the device's (the CUDA one of the run's
-    device, named: torch.cuda.get_rng_state() alone reads the current device's) and the CPU
-    dropout masks' (nanogpt/cpu.py)."""
-    state = {'cpu': rng_batch}
-    if run.device_type == 'cuda':
-        state['cuda'] = torch.cuda.get_rng_state(run.device)
-    elif run.device_type == 'mps':
-        state['mps'] = torch.mps.get_rng_state()
+def random_state_to_save(rng_batch, run, masks):
+    """The random streams a resume restores (a checkpoint's 'rng'): the CPU generator as it was
+    before the batch last drawn (the resumed run draws that batch again), the device's
+    (devices.random_state) and the CPU dropout masks' (nanogpt/cpu.py)."""
+    state = devices.random_state(run.device)
+    state['cpu'] = rng_batch
     state['dropout'] = masks.state()
     return state
 
 
-def set_rng_state(state, device_type, device='cuda'):
-    torch.set_rng_state(state['cpu'])
-    if device_type == 'cuda' and 'cuda' in state:
-        torch.cuda.set_rng_state(state['cuda'], device)
-    elif device_type == 'mps' and 'mps' in state:
-        torch.mps.set_rng_state(state['mps'])
-
-
-def restore_rng(ckpt, run, masks):
-    """Take back the random streams the checkpoint saved (rng_state): they replay the batch that
+def restore_random_state(ckpt, run, masks):
+    """Take back the random streams the checkpoint saved (random_state_to_save): they replay the batch that
     was drawn before saving, and the dropout masks continue. Under torchrun each process takes its
     own, when the checkpoint was saved by as many processes; otherwise rank 0 continues the saved
     one and the others keep seed + rank."""
     rng = ckpt.get('rng')
-    if run.ddp:
+    if run.torchrun:
         ranks_rng = ckpt.get('rng_ranks') or []
         rng = ranks_rng[run.rank] if len(ranks_rng) == run.world_size else rng if run.master else None
         if len(ranks_rng) != run.world_size:
             print(f"note: {ckpt['path']} was not saved by {run.world_size} processes: ranks other than 0 draw new "
                   f"batches, so the run will differ from an uninterrupted one")
     if rng:
-        set_rng_state(rng, run.device_type, run.device)
+        devices.set_random_state(rng, run.device)
         if rng.get('dropout'):
             masks.set_state(rng['dropout'])
 
@@ -286,7 +298,7 @@ def fit_optimizer_state(optim_sd, params):
 
 
 class NonFiniteWeights(UserError):
-    """write() refused to save weights that hold inf or nan (RunControl adds how to recover)."""
+    """write() refused to save weights that hold inf or nan (control.Checkpoints adds how to recover)."""
 
     def __init__(self, iter_num, bad, name):
         self.iter_num, self.bad, self.name = iter_num, bad, name
@@ -294,16 +306,10 @@ class NonFiniteWeights(UserError):
                          f"was not written and earlier checkpoints are untouched (try a lower --learning_rate)")
 
 
-def write(state, out_dir, name, run):
-    """Write train.py's training state `state` as out_dir/<name>; a new ckpt.pt replaces last.pt
-    as the latest state. Under torchrun every process calls this at the same points (the random
-    streams of all of them are gathered into 'rng_ranks'); rank 0 alone writes."""
-    if run.ddp:
-        import torch.distributed as dist
-        state['rng_ranks'] = [None] * run.world_size
-        dist.all_gather_object(state['rng_ranks'], state['rng'])
-    if not run.master:
-        return
+def write(state, out_dir, name):
+    """Write train.py's training state `state` as out_dir/<name>, unless its weights are not
+    finite; a new ckpt.pt replaces last.pt as the latest state. Under torchrun rank 0 alone
+    calls this."""
     path = os.path.join(out_dir, name)
     # the loss is checked only every log_interval on CUDA, and a signal can come at any
     # iteration, so the weights themselves are checked: a diverged model is never saved
@@ -318,10 +324,10 @@ def write(state, out_dir, name, run):
         os.remove(last)  # ckpt.pt is now the latest state too
 
 
-def load_optimizer_state(optimizer, ckpt, kind, sharded_model=None):
+def load_optimizer_state(optimizer, ckpt, kind, load=None):
     """Load a checkpoint's optimizer state, with one-line errors when it cannot belong here.
-    `kind`: adamw or muon; `sharded_model`: the FSDP model, whose processes each keep their shard."""
-    from .distributed import load_full_optimizer_state
+    `kind`: adamw or muon; `load(state_dict)`: how it goes in, where not optimizer.load_state_dict
+    (distributed.load_optimizer_state, for FSDP's shards)."""
     sd, path = ckpt['optimizer'], ckpt['path']
     saved = sd.get('kind', 'adamw') if isinstance(sd, dict) else 'adamw'
     if saved != kind:
@@ -331,10 +337,7 @@ def load_optimizer_state(optimizer, ckpt, kind, sharded_model=None):
         parts = optimizer.inner_states(sd) if kind == 'muon' else [(optimizer, sd)]
         for opt, part in parts:
             fit_optimizer_state(part, [p for g in opt.param_groups for p in g['params']])
-        if sharded_model is not None:
-            load_full_optimizer_state(sharded_model, optimizer, sd)
-        else:
-            optimizer.load_state_dict(sd)
+        (load or optimizer.load_state_dict)(sd)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise UserError(f"{path}: its optimizer state does not fit this model's {kind} "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); the file is damaged "

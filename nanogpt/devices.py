@@ -269,22 +269,42 @@ class CompiledModel(torch.nn.Module):
         self.__dict__['warm'] = True
 
 
+def random_state(device):
+    """{'cpu': the CPU generator's state, and where `device` is a GPU 'cuda' or 'mps': its own
+    (the CUDA one of that device, named: torch.cuda.get_rng_state() alone reads the current one's)}."""
+    device = torch.device(device)
+    state = {'cpu': torch.get_rng_state()}
+    if device.type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
+    elif device.type == 'mps':
+        state['mps'] = torch.mps.get_rng_state()
+    return state
+
+
+def set_random_state(state, device):
+    """Put back a random_state(); a GPU state it lacks (saved on another device) is left as it is."""
+    device = torch.device(device)
+    torch.set_rng_state(state['cpu'])
+    if device.type == 'cuda' and 'cuda' in state:
+        torch.cuda.set_rng_state(state['cuda'], device)
+    elif device.type == 'mps' and 'mps' in state:
+        torch.mps.set_rng_state(state['mps'])
+
+
 @contextmanager
 def random_state_kept(device):
     """Put back the CPU's random state, and `device`'s where it is a GPU, on leaving: for work that
     draws random numbers (dropout) but must leave a run's streams as they were."""
-    device = torch.device(device)
-    cpu_state = torch.get_rng_state()
-    gpu_state = (torch.cuda.get_rng_state(device) if device.type == 'cuda'
-                 else torch.mps.get_rng_state() if device.type == 'mps' else None)
+    state = random_state(device)
     try:
         yield
     finally:
-        torch.set_rng_state(cpu_state)
-        if device.type == 'cuda':
-            torch.cuda.set_rng_state(gpu_state, device)
-        elif device.type == 'mps':
-            torch.mps.set_rng_state(gpu_state)
+        set_random_state(state, device)
+
+
+def torch_version():
+    """(major, minor) of the installed torch: '2.6.0+cu124' -> (2, 6)."""
+    return tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2])
 
 
 def compile_model(module):

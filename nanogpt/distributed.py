@@ -1,25 +1,46 @@
 """
-torchrun for train.py: init_distributed picks each process's device and joins the process group;
-shard (FSDP2) and compile_and_wrap (DDP) wrap the model; full_state_dicts and
-load_full_optimizer_state move an FSDP model's state to and from the plain format every
-checkpoint has; mean_over_processes averages evaluation losses; shutdown_distributed destroys the
-group while Python is still whole. (torch's own package is always imported as torch.distributed.)
+torchrun for train.py: under_torchrun says whether this process is one of torchrun's;
+init_distributed picks each process's device and joins the process group; shard (FSDP2) and
+compile_and_wrap (DDP) wrap the model; full_state_dicts and load_optimizer_state move an FSDP
+model's state to and from the plain format every checkpoint has, and gather_random_states puts
+every process's random streams in it; mean_over_processes averages evaluation losses;
+shutdown_distributed destroys the group while Python is still whole. (torch's own package is
+always imported as torch.distributed.)
 """
 
+import functools
 import importlib
 import os
+import sys
 import weakref
 from typing import NamedTuple
 
 import torch
 
-from . import control, devices, progress
+from . import checkpoint, devices, progress
 from .errors import UserError, warn_once
+from .signals import abandonable
+
+__all__ = ['under_torchrun', 'quiet_other_ranks', 'ProcessPlace', 'init_distributed', 'init_process_group',
+           'PROCESS_GROUP_TIMEOUT_MINUTES', 'shutdown_distributed', 'shard', 'compile_and_wrap',
+           'mean_over_processes', 'full_state_dicts', 'load_optimizer_state', 'gather_random_states']
 
 
-class Procs(NamedTuple):
+def under_torchrun():
+    """Whether this process is one of torchrun's (which sets RANK, LOCAL_RANK, WORLD_SIZE), one
+    process or several, DDP or FSDP."""
+    return int(os.environ.get('RANK', -1)) != -1
+
+
+def quiet_other_ranks():
+    """Under torchrun rank 0 alone prints: the other ranks' standard output goes to os.devnull."""
+    if int(os.environ.get('RANK', 0)) != 0 and getattr(sys.stdout, 'name', None) != os.devnull:
+        sys.stdout = open(os.devnull, 'w')
+
+
+class ProcessPlace(NamedTuple):
     """This process's place in the job; outside torchrun (False, 0, 1, True, None)."""
-    ddp: bool  # under torchrun (DDP, or FSDP with fsdp=True)
+    torchrun: bool  # under torchrun (DDP, or FSDP with fsdp=True)
     rank: int
     world_size: int
     master: bool  # rank 0: it alone prints and writes files
@@ -29,9 +50,8 @@ class Procs(NamedTuple):
 def init_distributed(device, backend, fsdp):
     """Under torchrun (which sets RANK, LOCAL_RANK, WORLD_SIZE): choose this process's device
     (cuda:LOCAL_RANK, or CPU threads shared between the local processes), check the backend and
-    join the process group. Returns Procs; outside torchrun Procs(False, 0, 1, True, None)."""
-    ddp = int(os.environ.get('RANK', -1)) != -1
-    if ddp:
+    join the process group. Returns the ProcessPlace; outside torchrun (False, 0, 1, True, None)."""
+    if under_torchrun():
         rank, local_rank = int(os.environ['RANK']), int(os.environ['LOCAL_RANK'])
         world_size = int(os.environ['WORLD_SIZE'])
         local_world = int(os.environ.get('LOCAL_WORLD_SIZE', world_size))
@@ -58,11 +78,11 @@ def init_distributed(device, backend, fsdp):
         if be == 'nccl' and not device.startswith('cuda'):
             raise UserError("backend nccl needs CUDA GPUs: use --backend=gloo (or auto) on CPU")
         init_process_group(be)
-        return Procs(True, rank, world_size, rank == 0, device)
+        return ProcessPlace(True, rank, world_size, rank == 0, device)
     if fsdp:
         warn_once("fsdp=True shards the model across torchrun processes; a single process "
                   "trains unsharded (launch with torchrun --nproc_per_node=N)")
-    return Procs(False, 0, 1, True, None)
+    return ProcessPlace(False, 0, 1, True, None)
 
 
 # Process 0 writes and fsyncs each checkpoint while the others wait in their next collective; for
@@ -148,10 +168,10 @@ def compile_and_wrap(model, compiled, run, batch_size):
         if compiled is None:
             print("compiling the model... (the first iterations are slow)")
         model = compiled or devices.compile_model(model)  # eager, with one warning, if compiling fails
-        if not run.ddp and not model.warm:
+        if not run.torchrun and not model.warm:
             with progress.phase("compiling the model"):
-                control.abandonable(model.warm_up, batch_size, run.device, run.dtype)
-    if run.ddp and not run.fsdp:
+                abandonable(model.warm_up, batch_size, run.device, run.dtype)
+    if run.torchrun and not run.fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         device_ids = [int(os.environ['LOCAL_RANK'])] if run.device_type == 'cuda' else None
         # evaluation goes around the wrapper, whose forward may talk to the other processes
@@ -163,7 +183,7 @@ def mean_over_processes(losses, run):
     """{split: a 0-dim loss tensor} -> {split: float}, averaged over the processes under torchrun
     (a sum, then a division: gloo has no average). One host sync."""
     t = torch.stack(list(losses.values())).float()
-    if run.ddp:
+    if run.torchrun:
         import torch.distributed as dist
         t = t.to(run.device)
         dist.all_reduce(t)
@@ -215,3 +235,20 @@ def load_full_optimizer_state(model, optimizer, optim_sd):
              'param_groups': [dict(g, params=[name(k) for k in g['params']]) for g in optim_sd['param_groups']]}
     set_optimizer_state_dict(model, optimizer, named, options=StateDictOptions(full_state_dict=True))
 
+
+
+def load_optimizer_state(model, optimizer, ckpt, run):
+    """A resumed run's optimizer state (checkpoint.load_optimizer_state); under FSDP each process
+    keeps the shards of its own parameters."""
+    load = functools.partial(load_full_optimizer_state, model, optimizer) if run.fsdp else None
+    checkpoint.load_optimizer_state(optimizer, ckpt, run.optimizer, load)
+
+
+def gather_random_states(state, run):
+    """Under torchrun, every process's random streams (state['rng']) into state['rng_ranks'], so
+    that a resume on as many processes continues each (checkpoint.restore_random_state).
+    Collective: every process calls it."""
+    if run.torchrun:
+        import torch.distributed as dist
+        state['rng_ranks'] = [None] * run.world_size
+        dist.all_gather_object(state['rng_ranks'], state['rng'])

@@ -24,11 +24,10 @@ C = n_embd, V = vocab_size, nh = n_head, T = block_size, a = 2 under bfloat16/fl
   float32 (N, V) tensors for a moment: at GPT-2's vocabulary that is more than all twelve blocks
   of GPT-2 124M need.
 
-These are eager PyTorch's counts: tests/test_memory.py checks the parameter and optimizer-state
-bytes exactly and the activations against every allocation of a CPU training step (within 15%,
-never below), tests/test_cuda.py against torch.cuda.max_memory_allocated. torch.compile fuses and
-recomputes some activations and needs less, so a compiled run that the check stops by a few
-percent may fit; the suggested batch size keeps the tokens per step either way.
+These are eager PyTorch's counts (docs/memory.md, "How exact", says how the tests hold them to
+the allocator's). torch.compile fuses and recomputes some activations and needs less, so a
+compiled run that the check stops by a little may fit; the suggested batch size keeps the tokens
+per step either way.
 """
 
 import json
@@ -41,9 +40,12 @@ import torch
 
 from model import GPT2_SIZES
 
-from . import cpu, devices
+from . import checkpoint, cpu, devices
 from .data import GPT2_PADDED_VOCAB, GPT2_VOCAB
 from .errors import UserError
+
+__all__ = ['GB', 'Shape', 'Estimate', 'estimate', 'optimizer_bytes', 'activation_bytes', 'eval_activation_bytes',
+           'host_available', 'device_free', 'check_fits', 'out_of_memory_error', 'table']
 
 GB = 1e9
 
@@ -182,6 +184,8 @@ def shape_for(c, ckpt, vocab_size):
     if c.init_from in GPT2_SIZES:
         s = GPT2_SIZES[c.init_from]
         return Shape(s['n_layer'], s['n_head'], s['n_embd'], min(1024, c.block_size), GPT2_VOCAB, True)
+    if checkpoint.init_source(c.init_from) != 'hf':
+        return None  # a checkpoint to finetune: its shape is known once it is loaded
     try:
         with open(os.path.join(c.init_from, 'config.json')) as f:
             hf = json.load(f)
@@ -247,7 +251,7 @@ def device_free(run):
             return mps.recommended_max_memory() - mps.driver_allocated_memory(), "mps (its recommended maximum)"
         return None, 'mps'
     avail = host_available()
-    local = int(os.environ.get('LOCAL_WORLD_SIZE', 1)) if run.ddp else 1
+    local = int(os.environ.get('LOCAL_WORLD_SIZE', 1)) if run.torchrun else 1
     if avail is None:
         return None, 'cpu'
     return avail // local, 'cpu' + (f" (a {local}-process share)" if local > 1 else '')
@@ -284,7 +288,7 @@ def smaller_batch_hint(c, batch_size):
     return f"--batch_size={b} --gradient_accumulation_steps={g} (the same tokens per step)"
 
 
-def label(step):
+def _step_label(step):
     return f"{step[0]}" + (", attention written out" if step[1] else "")
 
 
@@ -327,9 +331,9 @@ def check_fits(c, run, ckpt, vocab_size):
     what = f"this run needs about {need.describe()} on {where}, which has {gb(free)} free"
     least = min(estimates, key=lambda s: estimates[s].total)
     if estimates[least].total <= free:  # dtype=auto measures every candidate at the full batch size
-        raise UserError(f"{what}, for {label(step)}, the largest setup that dtype/compile=auto measures "
+        raise UserError(f"{what}, for {_step_label(step)}, the largest setup that dtype/compile=auto measures "
                         f"at the start: give --dtype={least[0]} --compile=False (about "
-                        f"{gb(estimates[least].total)} with {label(least)})")
+                        f"{gb(estimates[least].total)} with {_step_label(least)})")
     if need_for(step, 1).total > free:
         if need.fixed > free:
             fix = ("the weights, gradients and optimizer state alone do not fit: use a smaller model "

@@ -69,7 +69,7 @@ class Metrics:
     def iteration(self, iter_num, local_iter_num, lossf, lr, dt, grad_norm, time_left=None):
         """An iteration of dt seconds (the local_iter_num-th of this process) that ended with
         the loss lossf; grad_norm: the gradients' norm before clipping; time_left: seconds the
-        rest of the run needs, its evaluations included (RunControl.time_left), or None."""
+        rest of the run needs, its evaluations included (progress.RunEstimate.time_left), or None."""
         c, budget = self.c, self.budget
         if local_iter_num >= 5:  # the first iterations include compilation and warm-up
             mfu = self.model.estimate_mfu(c.batch_size * self.run.grad_accum, dt, self.peak)

@@ -130,7 +130,7 @@ class Float32Muon(torch.optim.Muon):
 
 
 def check_muon_available():
-    have = tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2])
+    have = devices.torch_version()
     if have < MUON_MIN_TORCH or not hasattr(torch.optim, 'Muon'):
         raise UserError(f"optimizer=muon needs torch.optim.Muon, in torch {'.'.join(map(str, MUON_MIN_TORCH))} "
                         f"and later; this is torch {torch.__version__}: pip install 'torch>=2.9', or "

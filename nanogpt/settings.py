@@ -1,16 +1,16 @@
 """
-train.py's settings: range checks with one-line errors (check), the record of what this run
-resolved them to (Run: the process's place under torchrun, the device, the optimizer, the
-micro-steps per process; autotune.py adds the dtype and compile choice), and the out_dir a run
-writes to, which one training run at a time may hold (check_out_dir, out_dir/train.lock). The
-user's settings stay as they were given: everything chosen per run and machine lives in the Run.
+train.py's settings: range checks with one-line errors (check_settings), the record of what this
+run resolved them to (Run, from resolve_run: the process's place under torchrun, the device, the
+optimizer, the micro-steps per process; autotune.py adds the dtype and compile choice), and the
+out_dir a run writes to, which one training run at a time may hold (check_out_dir,
+out_dir/train.lock). The user's settings stay as they were given: everything chosen per run and
+machine lives in the Run.
 """
 
 import json
 import math
 import os
 import socket
-import sys
 import time
 from dataclasses import dataclass, replace
 
@@ -19,12 +19,12 @@ import torch
 from . import checkpoint, devices, distributed
 from .checkpoint import pid_alive
 from .errors import UserError, warn_once
+from .optim import resolve_optimizer
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
-from .optim import resolve_optimizer
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Run:
     optimizer: str  # adamw or muon
     grad_accum: int  # micro-steps per optimizer step on this process (the whole job's, divided by world_size)
     tokens_per_iter: int  # tokens per optimizer step, all processes together
-    ddp: bool = False  # under torchrun (DDP, or FSDP with fsdp=True)
+    torchrun: bool = False  # under torchrun (DDP, or FSDP with fsdp=True)
     rank: int = 0
     world_size: int = 1
     master: bool = True  # rank 0: it alone prints and writes files
@@ -46,7 +46,8 @@ class Run:
     eval_batches: int = 1  # batches per forward in an evaluation (estimate_loss)
     micro_step_s: float = None  # seconds per forward+backward, where autotune.py measured it
 
-    def but(self, **changes):
+    def replace(self, **changes):
+        """A copy with `changes` (autotune.py's choices)."""
         return replace(self, **changes)
 
 
@@ -61,12 +62,7 @@ def check_seed(seed):
         raise UserError(f"seed must be an integer from 0 to 2**63-1, got {seed} (e.g. --seed=1337)")
 
 
-def torch_version():
-    """(major, minor) of the installed torch: '2.6.0+cu124' -> (2, 6)."""
-    return tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2])
-
-
-def check(c, defaults):
+def check_settings(c, defaults):
     """Range checks of train.py's settings `c`, with messages that say how to fix the value."""
     check_seed(c.seed)
     for k in ('batch_size', 'block_size', 'eval_iters', 'eval_interval', 'log_interval',
@@ -96,11 +92,12 @@ def check(c, defaults):
     if c.optimizer in ('muon', 'auto') and not (0 < c.muon_lr < math.inf and 0 <= c.muon_momentum < 1):
         raise UserError(f"optimizer=muon needs muon_lr > 0 and muon_momentum in [0, 1), got {c.muon_lr} "
                         f"and {c.muon_momentum} (e.g. --muon_lr=0.02 --muon_momentum=0.95)")
-    if c.optimizer == 'muon' and c.fsdp and int(os.environ.get('RANK', -1)) != -1:
+    sharded = c.fsdp and distributed.under_torchrun()
+    if c.optimizer == 'muon' and sharded:
         # torch.optim.Muon orthogonalises each update as one matrix; FSDP holds only a shard of it
         raise UserError("optimizer=muon cannot run with fsdp=True (Muon needs each weight matrix whole, "
                         "FSDP shards it): use --fsdp=False (DDP) or --optimizer=adamw")
-    if c.fsdp and int(os.environ.get('RANK', -1)) != -1 and torch_version() < FSDP_MIN_TORCH:
+    if sharded and devices.torch_version() < FSDP_MIN_TORCH:
         # before torch 2.6 fully_shard lived in a private module whose API was still changing
         raise UserError(f"fsdp=True needs torch {'.'.join(map(str, FSDP_MIN_TORCH))} or later (FSDP2's "
                         f"torch.distributed.fsdp.fully_shard); this is torch {torch.__version__}: "
@@ -109,56 +106,56 @@ def check(c, defaults):
         raise UserError(f"time_budget must be 0 (off) or a number of seconds, got {c.time_budget} "
                         f"(e.g. --time_budget=300)")
     if c.init_from not in ('scratch', 'resume'):
-        check_init_from(c.init_from, c.out_dir)
+        _check_init_from(c.init_from, c.out_dir)
 
 
-def check_init_from(init_from, out_dir):
+def _check_init_from(init_from, out_dir):
     """init_from names a checkpoint to start from (not the one this run will write over), a GPT-2
     name, or a Hugging Face GPT-2 directory."""
-    path = checkpoint.init_checkpoint_path(init_from)
+    source = checkpoint.init_source(init_from)
+    path = checkpoint.init_checkpoint_path(init_from) if source == 'checkpoint' else None
     if path and os.path.abspath(os.path.dirname(path)) == os.path.abspath(out_dir):
         raise UserError(f"init_from={init_from} is in out_dir {out_dir!r}, which this run writes to: give the new "
                         f"run another --out_dir, or continue that one with --init_from=resume")
-    if path or init_from.startswith('gpt2') and not os.path.isdir(init_from):
+    if source in ('checkpoint', 'gpt2'):
         return
-    if os.path.isdir(init_from) and not os.path.isfile(os.path.join(init_from, 'config.json')):
+    if source == 'hf' and not os.path.isfile(os.path.join(init_from, 'config.json')):
         raise UserError(f"init_from={init_from} is a folder with no ckpt.pt or last.pt (a train.py out_dir) and no "
                         f"config.json (a Hugging Face GPT-2 directory): train a model there first, or name another")
-    if not os.path.isdir(init_from):
+    if source is None:
         what = f"no checkpoint at {init_from}" if init_from.endswith('.pt') else f"unknown init_from {init_from!r}"
         raise UserError(f"{what}: use scratch, resume, gpt2, gpt2-medium, gpt2-large, gpt2-xl, a Hugging Face "
                         f"GPT-2 directory, or a checkpoint to start from (an out_dir or its ckpt.pt)")
 
 
-def resolve(c):
+def resolve_run(c):
     """Join torchrun's process group (under torchrun), then choose the device, the optimizer and
     each process's share of the micro-steps. Returns the Run (dtype and compile still 'auto')."""
-    procs = distributed.init_distributed(c.device, c.backend, c.fsdp)
-    if not procs.master:
-        sys.stdout = open(os.devnull, 'w')  # rank 0 alone prints
-    device = devices.resolve_device(procs.device or c.device)
+    place = distributed.init_distributed(c.device, c.backend, c.fsdp)
+    distributed.quiet_other_ranks()
+    device = devices.resolve_device(place.device or c.device)
     device_type = devices.device_type_of(device)
-    sharded = c.fsdp and procs.ddp
+    sharded = c.fsdp and place.torchrun
     optimizer = resolve_optimizer(c.optimizer, device_type, device, sharded)
     # gradient_accumulation_steps counts the micro-steps of the whole job (so a checkpoint resumed
     # on another number of processes keeps the tokens per iteration); each process runs its share
-    if c.gradient_accumulation_steps % procs.world_size:
-        near = procs.world_size * max(1, round(c.gradient_accumulation_steps / procs.world_size))
+    if c.gradient_accumulation_steps % place.world_size:
+        near = place.world_size * max(1, round(c.gradient_accumulation_steps / place.world_size))
         raise UserError(f"gradient_accumulation_steps ({c.gradient_accumulation_steps}) must be divisible by "
-                        f"the number of processes ({procs.world_size}), e.g. --gradient_accumulation_steps={near}")
-    grad_accum = c.gradient_accumulation_steps // procs.world_size
+                        f"the number of processes ({place.world_size}), e.g. --gradient_accumulation_steps={near}")
+    grad_accum = c.gradient_accumulation_steps // place.world_size
     tokens_per_iter = c.gradient_accumulation_steps * c.batch_size * c.block_size
     print(f"tokens per iteration will be: {tokens_per_iter:,}"
-          + (f" ({procs.world_size} processes x {grad_accum} micro-steps x {c.batch_size} batch"
-             f" x {c.block_size} tokens)" if procs.ddp else ""))
+          + (f" ({place.world_size} processes x {grad_accum} micro-steps x {c.batch_size} batch"
+             f" x {c.block_size} tokens)" if place.torchrun else ""))
     return Run(device=device, device_type=device_type, optimizer=optimizer, grad_accum=grad_accum,
-               tokens_per_iter=tokens_per_iter, ddp=procs.ddp, rank=procs.rank, world_size=procs.world_size,
-               master=procs.master, fsdp=sharded)
+               tokens_per_iter=tokens_per_iter, torchrun=place.torchrun, rank=place.rank, world_size=place.world_size,
+               master=place.master, fsdp=sharded)
 
 
 def check_out_dir(out_dir, lock=True):
     """Make out_dir, and find out now, not at the first checkpoint, that it cannot be written;
-    with lock=True also take out_dir/train.lock (see lock_out_dir)."""
+    with lock=True also take out_dir/train.lock (see _lock_out_dir)."""
     try:
         os.makedirs(out_dir, exist_ok=True)
         probe = os.path.join(out_dir, f'.write_test{os.getpid()}')
@@ -167,7 +164,7 @@ def check_out_dir(out_dir, lock=True):
     except OSError as e:
         raise UserError(f"cannot write to out_dir {out_dir!r}: {e.strerror}; choose another --out_dir")
     if lock:
-        lock_out_dir(out_dir)
+        _lock_out_dir(out_dir)
 
 
 # ---- one training run per out_dir ---------------------------------------------------------------
@@ -181,7 +178,7 @@ LOCK_NAME = 'train.lock'
 _held = {}  # real path of a lock file this process holds -> its open file
 
 
-def describe_holder(text):
+def _describe_holder(text):
     try:
         h = json.loads(text)
         return f"pid {h['pid']} on {h['host']}, started {h['started']}"
@@ -189,7 +186,7 @@ def describe_holder(text):
         return "a process that is starting up"
 
 
-def lock_out_dir(out_dir):
+def _lock_out_dir(out_dir):
     """Take out_dir/train.lock for this process, or stop with one line naming the live run that
     holds it. Where the filesystem has no flock, the pid recorded in the file decides instead."""
     path = os.path.realpath(os.path.join(out_dir, LOCK_NAME))
@@ -205,11 +202,11 @@ def lock_out_dir(out_dir):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.close()
-            raise UserError(f"{out_dir} is in use by another training run ({describe_holder(previous)}): "
+            raise UserError(f"{out_dir} is in use by another training run ({_describe_holder(previous)}): "
                             f"wait for it to end or stop it (Ctrl-C saves its last.pt), or use another "
                             f"--out_dir; sampling and --eval_only=True may read it meanwhile") from None
         except OSError:
-            check_recorded_holder(out_dir, path, previous)
+            _check_recorded_holder(out_dir, path, previous)
         try:  # a run that ended meanwhile removes the file it locked: lock the one at the path
             if os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
                 break
@@ -218,7 +215,7 @@ def lock_out_dir(out_dir):
         f.close()
     if previous.strip():
         print(f"note: {os.path.join(out_dir, LOCK_NAME)} was left by a run that no longer runs "
-              f"({describe_holder(previous)}): taking it over")
+              f"({_describe_holder(previous)}): taking it over")
     f.seek(0)
     f.truncate()
     f.write(json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
@@ -227,7 +224,7 @@ def lock_out_dir(out_dir):
     _held[path] = f
 
 
-def check_recorded_holder(out_dir, path, previous):
+def _check_recorded_holder(out_dir, path, previous):
     """No flock here (Windows, some network filesystems): obey the pid in the file if it is a
     live process on this host; a dead one is taken over."""
     warn_once(f"cannot flock {path} on this filesystem: relying on the pid it records")
@@ -239,7 +236,7 @@ def check_recorded_holder(out_dir, path, previous):
         return
     mine = h.get('host') == socket.gethostname()
     if (mine and os.name != 'nt' and pid_alive(int(h['pid']))) or not mine:
-        raise UserError(f"{out_dir} is in use by another training run ({describe_holder(previous)}): "
+        raise UserError(f"{out_dir} is in use by another training run ({_describe_holder(previous)}): "
                         f"wait for it to end, or use another --out_dir"
                         + ("" if mine else f"; delete {path} if that run has ended"))
 

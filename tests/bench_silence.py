@@ -8,9 +8,9 @@ and, with --term_at, how long the command took to exit after SIGTERM at that sec
     python tests/bench_silence.py --term_at=150 -- python train.py config/train_shakespeare_char.py --out_dir=o150
     python train.py --init_from=resume --out_dir=o150 --max_iters=1 --eval_iters=2   # the last.pt resumes
 
-The targets (issue 23), on a 2-core CPU: no silence over 15 s in the first ten minutes of the used-by
-command; SIGTERM at any moment (the dtype measurement, the step-0 evaluation, training) exits within
-15 s with a last.pt that resumes. NANOGPT_CACHE_DIR=<an empty directory> makes the measurement run
+The targets (issue 23), on a 2-core CPU: no silence over 15 s in the first ten minutes of the
+shakespeare_char GPU recipe (the command above); SIGTERM at any moment (the dtype measurement, the
+step-0 evaluation, training) exits within 15 s with a last.pt that resumes. NANOGPT_CACHE_DIR=<an empty directory> makes the measurement run
 as on a first start. The stamped lines go to --log (default silence.log).
 """
 

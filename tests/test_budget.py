@@ -14,7 +14,7 @@ import train
 from nanogpt import checkpoint
 from nanogpt.errors import UserError
 from conftest import run_script, tiny_args
-from nanogpt.control import TimeBudget
+from nanogpt.budget import TimeBudget
 from train import get_lr
 
 
@@ -67,12 +67,12 @@ def test_budget_state_resumes_the_clock():
     st = b.state()
     assert st == {'spent': 45.0, 'start': 5.0, 'seconds': 100.0, 'closed': False}
     b2 = TimeBudget(100, spent=st['spent'], start=st['start'], clock=clock)
-    assert b2.spent() == 45.0 and b2.left() == 55.0 and not b2.spent_by(st)
+    assert b2.spent() == 45.0 and b2.left() == 55.0 and not b2.ended_run(st)
     clock.now += 54.5
     assert b.must_close(False, 10, 1) and b.state()['closed']
     # a run the budget ended is not resumed with the same budget, only with a larger one
-    assert TimeBudget(100, spent=99.5, clock=clock).spent_by(b.state())
-    assert not TimeBudget(200, spent=99.5, clock=clock).spent_by(b.state())
+    assert TimeBudget(100, spent=99.5, clock=clock).ended_run(b.state())
+    assert not TimeBudget(200, spent=99.5, clock=clock).ended_run(b.state())
 
 
 def test_fractional_iteration_schedule():

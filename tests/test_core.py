@@ -139,7 +139,7 @@ def test_evaluation_draws_the_same_batches_however_many_go_through_one_forward(c
     ctl = SimpleNamespace(eval_progress=lambda split, k: None)
     results, states = [], []
     for k in (1, 2, 3, 6):
-        run = SimpleNamespace(device='cpu', device_type='cpu', eval_batches=k, ddp=False)
+        run = SimpleNamespace(device='cpu', device_type='cpu', eval_batches=k, torchrun=False)
         torch.manual_seed(1)
         results.append(train.estimate_loss(model, data, contextlib.nullcontext(), c, run, ctl))
         states.append(torch.get_rng_state())

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from nanogpt import devices
 from nanogpt import distributed
 from nanogpt import engine
-from nanogpt.checkpoint import rng_state, set_rng_state
+from nanogpt.checkpoint import random_state_to_save
 from nanogpt.errors import UserError
 from train import get_batch
 from model import GPT, GPTConfig
@@ -91,8 +91,8 @@ def test_rng_state_reads_and_restores_the_chosen_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'set_rng_state', cuda_set_rng_state)
     cpu = torch.get_rng_state()
     masks = SimpleNamespace(state=lambda: None)
-    state = rng_state(cpu, SimpleNamespace(device_type='cuda', device='cuda:1'), masks)
-    set_rng_state(state, 'cuda', 'cuda:1')
+    state = random_state_to_save(cpu, SimpleNamespace(device_type='cuda', device='cuda:1'), masks)
+    devices.set_random_state(state, 'cuda:1')
     assert calls == [('get', 'cuda:1'), ('set', 'cuda:1')]
     assert torch.equal(state['cpu'], cpu)
 

@@ -29,7 +29,7 @@ def test_evaluations_left_counts_each_multiple_and_the_closing_one():
 
 
 def test_estimate_adds_iterations_evaluations_and_compiling():
-    # the used-by GPU recipe on a slow CPU: 5001 iterations of 5 s and 21 evaluations of 11 minutes
+    # the shakespeare_char GPU recipe (config/train_shakespeare_char.py) on a slow CPU: 5001 iterations of 5 s and 21 evaluations of 11 minutes
     s = progress.estimate_s(0, 5000, 250, iter_s=5.0, eval_s=660.0)
     assert s == 5001 * 5.0 + 21 * 660.0
     assert progress.estimate_s(0, 5000, 250, 5.0, 660.0, compile_s=60.0) == s + 60.0
@@ -40,6 +40,41 @@ def test_estimate_adds_iterations_evaluations_and_compiling():
     advice = progress.advice_line(c, s)
     assert 'config/train_shakespeare_char_cpu.py' in advice and '--time_budget=' in advice and '--eval_iters=20' in advice
     assert 'train_shakespeare_char_cpu' not in progress.advice_line(SimpleNamespace(dataset='mine', eval_iters=10), s)
+
+
+def test_the_run_estimate_prints_once_from_the_first_evaluation_then_refines(capsys):
+    """RunEstimate alone: the median of the first evaluation's forwards (the first one apart) gives
+    the estimate; ten timed iterations that differ by more than a quarter print it again."""
+    c = SimpleNamespace(eval_iters=4, max_iters=100, eval_interval=50, dataset='mine')
+    run = SimpleNamespace(eval_batches=1, micro_step_s=None, grad_accum=1, device_type='cuda')
+    est = progress.RunEstimate(c, run, active=True)
+    for k, t in enumerate([5.0, 6.0, 7.0]):  # began at 0: the first forward holds 5 s of warm-up
+        est.forward_done(t, k == 0, 0.0, 0, 0)
+    # 2 splits x 4 forwards of 1 s; each forward a third of an iteration: 3 s per iteration
+    assert capsys.readouterr().out == progress.estimate_line(0, 100, 50, 3.0, 8.0) + '\n'
+    est.evaluated(8.0, 0, 0)
+    for i in range(10):
+        est.iteration_done(1.0, i, i, spent_s=10.0 + i)
+    assert est.time_left(10) == progress.estimate_s(10, 100, 50, 1.0, 8.0)
+    assert 'measured, the rest of this run' in capsys.readouterr().out
+    quiet = progress.RunEstimate(c, run, active=False)  # a time budget, eval_only or rank > 0
+    quiet.evaluated(8.0, 0, 0)
+    quiet.iteration_done(1.0, 0, 1, spent_s=1.0)
+    assert quiet.time_left(1) is None and capsys.readouterr().out == ''
+
+
+def test_loop_phases_say_what_the_loop_does(monkeypatch):
+    said = []
+    monkeypatch.setattr(progress, 'set_phase', lambda what, restart=True: said.append((what, restart)))
+    phases = progress.LoopPhases(compiling=True)
+    phases.training(0, 0)
+    phases.training(1, 1)  # the clock keeps running through consecutive iterations
+    phases.evaluating(2, 'val', 3, 4, first=False)
+    phases.writing('out/ckpt.pt')
+    phases.training(3, 3)
+    assert said == [("training: iter 0, compiling and warming up", True), ("training: iter 1", False),
+                    ("evaluating at iter 2: val batch 3 of 4", False), ("writing out/ckpt.pt", True),
+                    ("training: iter 3", True)]
 
 
 def test_heartbeat_speaks_only_in_silence_and_never_inside_a_line(monkeypatch):

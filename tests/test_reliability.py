@@ -141,6 +141,19 @@ def test_find_resume_checkpoint_prefers_newer_and_names_a_damaged_one(tmp_path):
         checkpoint.find_resume_checkpoint(str(tmp_path))
 
 
+def test_init_source_names_what_init_from_means(tmp_path):
+    """One answer for train.py, its settings check, sample.py and the memory check."""
+    out = tmp_path / 'out-x'
+    out.mkdir()
+    hf = tmp_path / 'hf'
+    hf.mkdir()
+    assert checkpoint.init_source('scratch') == 'scratch' and checkpoint.init_source('resume') == 'resume'
+    assert checkpoint.init_source(str(hf)) == 'hf'  # a directory without a checkpoint
+    checkpoint.save_checkpoint({'iter_num': 1}, str(out / 'last.pt'))
+    assert checkpoint.init_source(str(out)) == 'checkpoint' == checkpoint.init_source(str(out / 'last.pt'))
+    assert checkpoint.init_source('gpt2-xl') == 'gpt2' and checkpoint.init_source('gtp2') is None
+
+
 def test_settings_given_on_resume_win_even_when_default(char_dataset, tmp_path):
     """dropout=0.0 is the default, yet typed on the command line it replaces the stored 0.1."""
     out = str(tmp_path / 'out')
