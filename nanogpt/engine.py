@@ -45,6 +45,7 @@ class KVCache(nn.Module):
         self.register_buffer('mask', mask, persistent=False)
         self.register_buffer('k', None, persistent=False)
         self.register_buffer('v', None, persistent=False)
+        self.way = 0  # the _CACHE_WRITES entry in use: a later one where this torch lacks an earlier one's operation
 
     def update(self, input_pos, k, v):
         """Store k, v (B, nh, T, hs) at positions input_pos (T,); return the whole cache and the
@@ -53,9 +54,50 @@ class KVCache(nn.Module):
             B, nh, _, hs = k.shape
             self.k = k.new_zeros(B, nh, self.mask.size(0), hs)
             self.v = v.new_zeros(B, nh, self.mask.size(0), hs)
-        self.k.index_copy_(2, input_pos, k)
-        self.v.index_copy_(2, input_pos, v)
+        missing = None
+        for way in range(self.way, len(_CACHE_WRITES)):
+            write, _ = _CACHE_WRITES[way]
+            try:
+                write(self.k, input_pos, k)
+                write(self.v, input_pos, v)
+            except NotImplementedError as e:  # this torch lacks the operation on this device
+                if way + 1 == len(_CACHE_WRITES):
+                    raise
+                missing = missing or e
+                continue
+            if way != self.way:
+                _warn_other_write(k.device, self.way, way, missing)
+                self.way = way
+            break
         return self.k, self.v, self.mask[input_pos]
+
+
+def _write_indexed(cache, input_pos, x):
+    """cache[:, :, input_pos] = x: index_put_, which torch has had on CPU, CUDA and MPS since
+    before 2.4 (index_copy_ reached MPS later); no host sync, so a CUDA graph can capture it."""
+    cache[:, :, input_pos] = x
+
+
+def _write_index_copy(cache, input_pos, x):
+    cache.index_copy_(2, input_pos, x)
+
+
+def _write_narrowed(cache, input_pos, x):
+    """A plain copy_ into the slice the positions span (they are consecutive: the prefill's
+    0..T-1, or a decode step's one position); reading the first one is a host sync."""
+    cache.narrow(2, int(input_pos[0]), x.size(2)).copy_(x)
+
+
+# the ways to write the cache, each with the operation it needs, in the order they are tried:
+# each writes the same values, so the tokens are the same whichever runs
+_CACHE_WRITES = ((_write_indexed, 'index_put_'), (_write_index_copy, 'index_copy_'), (_write_narrowed, 'copy_'))
+
+
+def _warn_other_write(device, first, used, error):
+    lacks = ' and '.join(op for _, op in _CACHE_WRITES[first:used])
+    msg = str(error).strip().splitlines()
+    warn_once(f"the key/value cache on {device.type} is written with {_CACHE_WRITES[used][1]}: this torch lacks "
+              f"{lacks} there ({type(error).__name__}: {msg[0][:120] if msg else ''}); the same tokens")
 
 
 def set_caches(model, on):
