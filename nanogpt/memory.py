@@ -17,8 +17,8 @@ C = n_embd, V = vocab_size, nh = n_head, T = block_size, a = 2 under bfloat16/fl
 - activations of one micro-batch, what autograd keeps for the backward pass: per token and block
   8C (the LayerNorms' float32 inputs, from the residual stream) + 14aC (the Linears' inputs, q, k,
   v, the attention output, the GELU's input) + 16 (LayerNorm statistics) + 4nh (the fused
-  attention's log-sum-exp); the attention written out (nanogpt/cpu.py) keeps its (nh, T, T)
-  softmax output instead; dropout adds 1-byte masks (and the dropped attention matrix); autocast
+  attention's log-sum-exp); the attention written out (nanogpt/cpu.py, and torch's own on MPS)
+  keeps its (nh, T, T) softmax output instead; dropout adds 1-byte masks (and the dropped attention matrix); autocast
   keeps 2-byte copies of the Linear weights. The output layer keeps the logits (aV per token, held
   by the training loop) and the float32 log-softmax (4V), and its backward pass adds two more
   float32 (N, V) tensors for a moment: at GPT-2's vocabulary that is more than all twelve blocks
@@ -199,13 +199,16 @@ def planned_steps(c, run):
     """(dtype, attention written out) of each kind of forward+backward pass the run will make.
     On a CPU with dtype or compile 'auto', nanogpt/autotune.py measures every candidate at the
     full batch size before it chooses, so each must fit; eager CPU training with dropout always
-    writes the attention out (nanogpt/cpu.py)."""
+    writes the attention out (nanogpt/cpu.py). On MPS scaled_dot_product_attention has no
+    backward of its own: training goes through torch's math attention, which keeps the (nh, T, T)
+    softmax output as the written-out attention does (pytorch/pytorch#179294)."""
     if run.device_type != 'cpu':
+        written_out = run.device_type == 'mps'
         if c.dtype != 'auto':
-            return [(c.dtype, False)]
+            return [(c.dtype, written_out)]
         if run.device_type == 'cuda':
             return [('bfloat16', False)]  # or float16 on older GPUs: 2 bytes either way
-        return [('bfloat16' if devices.mps_autocast_supported() else 'float32', False)]
+        return [('bfloat16' if devices.mps_autocast_supported() else 'float32', written_out)]
     measured = 'auto' in (c.dtype, c.compile) and not run.fsdp
     candidates = cpu.training_candidates(c.dtype, c.dropout)
     if c.dropout > 0 and c.compile is not True:
@@ -241,15 +244,35 @@ def host_available():
     return avail
 
 
+MPS_RATIO_VAR = 'PYTORCH_MPS_HIGH_WATERMARK_RATIO'
+_MPS_DEFAULT_RATIO = 1.7  # torch's default (docs: "MPS Environment Variables")
+_MPS_MAX_RATIO = 2.0  # the largest torch accepts (MPSAllocator.h, default_high_watermark_upper_bound)
+
+
+def mps_limit():
+    """Bytes that torch's MPS allocator lets this process allocate: PYTORCH_MPS_HIGH_WATERMARK_RATIO
+    (1.7 unless set) times Metal's recommendedMaxWorkingSetSize; past it an allocation fails with
+    "MPS backend out of memory". None where there is no limit (the ratio set to 0) or no way to
+    read it. On unified memory a run may be allowed more than the RAM, and then it swaps."""
+    if not hasattr(torch.mps, 'recommended_max_memory'):
+        return None
+    try:
+        ratio = float(os.environ.get(MPS_RATIO_VAR, _MPS_DEFAULT_RATIO))
+    except ValueError:
+        return None  # torch refuses it when it starts the allocator, with its own message
+    return int(ratio * torch.mps.recommended_max_memory()) if ratio > 0 else None
+
+
 def device_free(run):
     """(bytes free for this run on its device, or None where unknown; how to name it)."""
     if run.device_type == 'cuda':
         return torch.cuda.mem_get_info(run.device)[0], f"{run.device} ({torch.cuda.get_device_name(run.device)})"
     if run.device_type == 'mps':
-        mps = torch.mps
-        if hasattr(mps, 'recommended_max_memory') and hasattr(mps, 'driver_allocated_memory'):
-            return mps.recommended_max_memory() - mps.driver_allocated_memory(), "mps (its recommended maximum)"
-        return None, 'mps'
+        limit = mps_limit()
+        if limit is None:
+            return None, 'mps'
+        # tensors alone: the allocator frees its cached blocks before it reports out of memory
+        return limit - limit_used(), f"mps (torch's limit: {MPS_RATIO_VAR} x Metal's recommended maximum)"
     avail = host_available()
     local = int(os.environ.get('LOCAL_WORLD_SIZE', 1)) if run.torchrun else 1
     if avail is None:
@@ -345,7 +368,22 @@ def check_fits(c, run, ckpt, vocab_size):
     else:
         fits = largest_batch(lambda b: need_for(step, b).total <= free, c.batch_size)
         fix = f"use {smaller_batch_hint(c, fits)}, or a smaller --block_size or model"
+    if run.device_type == 'mps':
+        fix += f"; or {mps_limit_hint(need.total + limit_used())}"
     raise UserError(f"{what}: {fix}")
+
+
+def limit_used():
+    """Bytes already counted against mps_limit (tensors this process holds on MPS)."""
+    return torch.mps.current_allocated_memory()
+
+
+def mps_limit_hint(need):
+    """How to let torch's MPS allocator, and with it check_fits, allow `need` bytes: the
+    PYTORCH_MPS_HIGH_WATERMARK_RATIO that does (torch takes 2.0 at most), else no limit (0.0)."""
+    ratio = math.ceil(10 * need / torch.mps.recommended_max_memory()) / 10
+    setting = f"{MPS_RATIO_VAR}={ratio:.1f}" if ratio <= _MPS_MAX_RATIO else f"{MPS_RATIO_VAR}=0.0 (no limit)"
+    return f"raise torch's MPS limit: set {setting} in the environment (beyond the RAM the Mac swaps, slowly)"
 
 
 # ---- running out of memory anyway ---------------------------------------------------------------
