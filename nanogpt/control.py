@@ -133,6 +133,9 @@ class Checkpoints:
                    f"--init_from=resume --out_dir={shlex.quote(c.out_dir)} {lower}")
         if self.run.dtype != 'float32':
             fix += " (or --dtype=float32)"
+        if self.run.device == 'mps':  # pytorch/pytorch#107294, #178697 (docs/platforms.md)
+            fix += ("; on MPS the GPU's kernels can be the cause too: NaNs and wrong results are reported "
+                    "on Intel Macs with AMD GPUs, so try the same command with --device=cpu")
         return UserError(f"{what}: training diverged; {unsaved}{fix}")
 
     def out_of_memory(self, exc, iter_num):
@@ -264,7 +267,8 @@ class RunControl:
     def iteration_done(self, iter_num, loss, lr, grad_norm):
         """One iteration ended; `loss` is its last micro-step's loss divided by grad_accum,
         `grad_norm` the gradients' norm before clipping (tensors). The loss is read (a host sync)
-        on the CPU at every iteration, on GPUs at log_interval; the norm when it is logged."""
+        on the CPU at every iteration, where it costs nothing; on a GPU (CUDA, MPS), whose queue
+        it would drain every step, at log_interval; the norm when it is logged."""
         c, run = self.c, self.run
         t1 = time.time()
         dt, self.last_iter_end = t1 - self.last_iter_end, t1
@@ -273,7 +277,7 @@ class RunControl:
                 self.budget.loop_started(self.work_began)
             self.budget.iter_done(t1 - self.work_began)  # the iteration alone, without an evaluation before it
         self.estimate.iteration_done(t1 - self.work_began, iter_num, self.local_iter_num, t1 - self.metrics.t_start)
-        if run.device_type != 'cuda' or iter_num % c.log_interval == 0:
+        if run.device_type == 'cpu' or iter_num % c.log_interval == 0:
             lossf = loss.item() * run.grad_accum  # the last micro-step's loss
             if not math.isfinite(lossf):
                 raise self.checkpoints.diverged(f"loss is {lossf} at iter {iter_num}")
