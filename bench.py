@@ -229,6 +229,7 @@ def bench_sample(c, dev, shape, max_new_tokens):
 
 
 def main(argv=None):
+    devices.check_torch_version()
     c = parse_settings(sys.argv[1:] if argv is None else argv)
     check_seed(c.seed)
     dev = devices.resolve_device(c.device)

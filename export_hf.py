@@ -197,6 +197,7 @@ def export(c):
 
 def main(argv=None):
     from types import SimpleNamespace
+    devices.check_torch_version()
     c = SimpleNamespace(**apply_overrides(DEFAULTS, sys.argv[1:] if argv is None else argv))
     return export(c)
 

@@ -194,6 +194,7 @@ def draw_at_once(engine, tok, ids, c, device, rows, stream):
 
 
 def main(argv=None):
+    devices.check_torch_version()
     c = SimpleNamespace(**apply_overrides(DEFAULTS, sys.argv[1:] if argv is None else argv))
     check_settings(c)
     dev = devices.resolve_device(c.device)

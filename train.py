@@ -39,7 +39,7 @@ from nanogpt import autotune, checkpoint, cpu, distributed, memory, settings
 from nanogpt.budget import start_budget
 from nanogpt.control import RunControl, watched
 from nanogpt.data import GPT2_PADDED_VOCAB, GPT2_VOCAB, dataset_dir, meta_vocab_size, open_split
-from nanogpt.devices import autocast_ctx
+from nanogpt.devices import autocast_ctx, check_torch_version
 from nanogpt.errors import UserError, run_cli
 from nanogpt.optim import build_optimizer, clip_gradients, set_lr
 from nanogpt.signals import abandonable
@@ -308,6 +308,7 @@ def train(c, given=None, t0=None):
 
 def main(argv=None):
     """train.py's command line: settings from config files and --key=value, then train()."""
+    check_torch_version()
     distributed.quiet_other_ranks()  # under torchrun rank 0 alone prints, the settings included
     own_command = argv is None
     argv = sys.argv[1:] if own_command else argv

@@ -1,10 +1,12 @@
 # Character-level Shakespeare on a CPU in five minutes (docs/training.md, "The CPU recipe").
 #   python train.py config/train_shakespeare_char_cpu.py
 #   python sample.py --out_dir=out-shakespeare-char-cpu --start="ROMEO:" --num_samples=5
-# The shape follows the CPU (docs/training.md, "The CPU recipe"): with bf16 units (AVX512-BF16,
-# AMX) bfloat16 runs at about four times float32's speed and a 4x256 model fits; on an AVX2-only
-# CPU everything runs in float32 and a 4x128 model learns more in the same five minutes.
-from nanogpt.devices import cpu_has_bf16_units
+# The shape follows the device the run trains on (docs/training.md, "The CPU recipe"): on a CPU
+# with bf16 units (AVX512-BF16, AMX) bfloat16 runs at about four times float32's speed and a 4x256
+# model fits; on any other CPU training runs in float32 and a 4x128 model learns more in the same
+# five minutes. A GPU takes 4x256: MPS too, which trains even models this small faster than the
+# Mac's own CPU (docs/platforms.md, "Apple's GPU or its CPU").
+from nanogpt.devices import cpu_has_bf16_units, planned_device_type
 
 out_dir = 'out-shakespeare-char-cpu'
 dataset = 'shakespeare_char'
@@ -22,9 +24,16 @@ block_size = 128  # 64 characters of context learned less in the same time (docs
 n_layer = 4
 n_head = 4
 n_embd = 256
-if not cpu_has_bf16_units():
+_device = planned_device_type(device)  # device=auto: cuda, then mps, then cpu; a later --device too
+if _device != 'cpu':
+    _why = "a GPU: the larger model" + (", faster there than on the Mac's CPU; --device=cpu for the CPU"
+                                        if _device == 'mps' else '')
+elif cpu_has_bf16_units():
+    _why = "bf16 units: bfloat16 at about four times float32's speed"
+else:
     n_embd = 128
-    print("CPU recipe: 4x128 (no bf16 units here: float32 only, so a smaller model fits more iterations)")
+    _why = "float32 here, as bfloat16 is fast only with AMX or AVX512-BF16: a smaller model fits more iterations"
+print(f"five-minute recipe: 4x{n_embd} on {_device} ({_why})")
 dropout = 0.0  # a few epochs at most: dropout only slows learning here (docs/training.md)
 
 optimizer = 'auto'  # Muon for the block matrices (orthogonalised in float32 where bfloat16 is emulated)

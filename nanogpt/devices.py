@@ -3,11 +3,13 @@ Where and how a run computes: the device (resolve_device: auto, cpu, cuda, cuda:
 and torch.compile choice by rule (resolve_dtype, resolve_compile, compile_model with its eager
 fallback, autocast_ctx), and the peak FLOP/s that MFU is measured against (peak_flops: a table of
 GPU datasheets, or a short measured matmul). On a CPU, train.py and bench.py choose dtype and
-compile by measurement instead (nanogpt/autotune.py). Nothing here runs at import time.
+compile by measurement instead (nanogpt/autotune.py). Also the oldest torch each part needs
+(check_torch_version, each script's first call). Nothing here runs at import time.
 """
 
 import importlib.util
 import os
+import platform
 import re
 import shutil
 import sys
@@ -16,9 +18,12 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
+from configurator import parse_argv
+
 from .errors import UserError, warn_once
 
-__all__ = ['PTDTYPES', 'CompiledModel', 'autocast_ctx', 'bf16_native', 'check_compile_setting',
+__all__ = ['FSDP_MIN_TORCH', 'MIN_TORCH', 'MUON_MIN_TORCH', 'PTDTYPES', 'CompiledModel', 'autocast_ctx',
+           'bf16_native', 'check_compile_setting', 'check_torch_version',
            'compile_model', 'compile_unavailable', 'cpu_has_bf16_units', 'device_type_of', 'eager_instead',
            'eval_batches', 'mps_autocast_supported', 'peak_flops', 'random_state_kept', 'resolve_compile',
            'resolve_device', 'resolve_dtype', 'sync']
@@ -58,6 +63,20 @@ def resolve_device(device):
 
 def device_type_of(device):
     return 'cuda' if 'cuda' in device else 'mps' if 'mps' in device else 'cpu'
+
+
+def planned_device_type(device, argv=None):
+    """The device type a run will train on, for a config file that shapes the model by it
+    (config/train_shakespeare_char_cpu.py): `device` as the settings stand when the file runs,
+    unless the command line (argv, default sys.argv[1:]) sets --device, which the configurator
+    applies in order, so a --device after the file wins too. 'auto' is resolved as
+    resolve_device resolves it, without its line."""
+    for item in parse_argv(sys.argv[1:] if argv is None else argv):
+        if isinstance(item, tuple) and item[0] == 'device' and item[1]:
+            device = item[1]
+    if device == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'mps' if mps_available() else 'cpu'
+    return device_type_of(str(device))
 
 
 # ---- dtype, compile ----------------------------------------------------------------------------
@@ -305,6 +324,35 @@ def random_state_kept(device):
 def torch_version():
     """(major, minor) of the installed torch: '2.6.0+cu124' -> (2, 6)."""
     return tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2])
+
+
+# The oldest torch for each part (requirements.txt says the first): torch.amp.GradScaler,
+# torch.compiler.is_compiling and the fused CPU AdamW are used everywhere; fully_shard (FSDP2) is
+# public from 2.6; torch.optim.Muon arrived in 2.9.
+MIN_TORCH = (2, 4)
+FSDP_MIN_TORCH = (2, 6)
+MUON_MIN_TORCH = (2, 9)
+
+
+def _release(version):
+    return '.'.join(map(str, version))
+
+
+def check_torch_version():
+    """Each script's first call: stop with one line where the installed torch is older than
+    MIN_TORCH, before anything reaches for what it lacks (an AttributeError otherwise). PyTorch
+    built its last wheels for Intel Macs at 2.2.2 (pytorch/pytorch#114602): there the line says
+    where to turn instead (docs/platforms.md)."""
+    if torch_version() >= MIN_TORCH:
+        return
+    if sys.platform == 'darwin' and platform.machine() == 'x86_64':
+        fix = ("PyTorch's last release for Intel Macs is 2.2.2, so run on Linux (or Colab), "
+               "or build torch from source (README, \"Platforms\")")
+    else:
+        fix = f"pip install 'torch>={_release(MIN_TORCH)}'"
+    raise UserError(f"this is torch {torch.__version__}, and nanoGPT needs torch {_release(MIN_TORCH)} or later "
+                    f"({_release(FSDP_MIN_TORCH)} for --fsdp=True, {_release(MUON_MIN_TORCH)} for "
+                    f"optimizer=muon): {fix}")
 
 
 def compile_model(module):

@@ -25,8 +25,6 @@ from .errors import UserError
 
 __all__ = ['Float32Muon', 'MuonAdamW', 'build_optimizer', 'clip_gradients', 'resolve_optimizer', 'set_lr']
 
-MUON_MIN_TORCH = (2, 9)
-
 
 def muon_param_split(model):
     """(names for Muon, names for AdamW): the blocks' 2-D weights go to Muon."""
@@ -131,8 +129,8 @@ class Float32Muon(torch.optim.Muon):
 
 def check_muon_available():
     have = devices.torch_version()
-    if have < MUON_MIN_TORCH or not hasattr(torch.optim, 'Muon'):
-        raise UserError(f"optimizer=muon needs torch.optim.Muon, in torch {'.'.join(map(str, MUON_MIN_TORCH))} "
+    if have < devices.MUON_MIN_TORCH or not hasattr(torch.optim, 'Muon'):
+        raise UserError(f"optimizer=muon needs torch.optim.Muon, in torch {'.'.join(map(str, devices.MUON_MIN_TORCH))} "
                         f"and later; this is torch {torch.__version__}: pip install 'torch>=2.9', or "
                         f"use --optimizer=adamw")
 

@@ -52,7 +52,6 @@ class Run:
 
 
 SEED_MAX = 2 ** 63 - 1  # seed + rank must suit torch.manual_seed (up to 2**64 - 1) and numpy (0 and up)
-FSDP_MIN_TORCH = (2, 6)  # torch.distributed.fsdp.fully_shard (FSDP2) is public from torch 2.6
 
 
 def check_seed(seed):
@@ -97,9 +96,9 @@ def check_settings(c, defaults):
         # torch.optim.Muon orthogonalises each update as one matrix; FSDP holds only a shard of it
         raise UserError("optimizer=muon cannot run with fsdp=True (Muon needs each weight matrix whole, "
                         "FSDP shards it): use --fsdp=False (DDP) or --optimizer=adamw")
-    if sharded and devices.torch_version() < FSDP_MIN_TORCH:
+    if sharded and devices.torch_version() < devices.FSDP_MIN_TORCH:
         # before torch 2.6 fully_shard lived in a private module whose API was still changing
-        raise UserError(f"fsdp=True needs torch {'.'.join(map(str, FSDP_MIN_TORCH))} or later (FSDP2's "
+        raise UserError(f"fsdp=True needs torch {'.'.join(map(str, devices.FSDP_MIN_TORCH))} or later (FSDP2's "
                         f"torch.distributed.fsdp.fully_shard); this is torch {torch.__version__}: "
                         f"pip install 'torch>=2.6', or use --fsdp=False (DDP)")
     if not 0 <= c.time_budget < math.inf:
