@@ -256,6 +256,6 @@ def test_the_loss_is_read_at_log_interval_on_a_gpu(device, reads):
 def test_a_diverged_run_on_mps_names_the_gpu_reports(device, tmp_path):
     run = SimpleNamespace(device=device, dtype='float32', optimizer='adamw', torchrun=False, master=True)
     c = SimpleNamespace(out_dir=str(tmp_path), learning_rate=1e-3, muon_lr=0.02, init_from='scratch')
-    msg = str(control.Checkpoints(c, run, None).diverged('loss is nan at iter 40'))
+    msg = str(control.Checkpoints(c, run, None, None).diverged('loss is nan at iter 40'))
     assert 'lower learning rate, e.g. --learning_rate=0.0005' in msg
     assert ('Intel Macs with AMD GPUs' in msg and '--device=cpu' in msg) == (device == 'mps')
