@@ -4,10 +4,12 @@ Draw a run's loss curves (and learning rate) from out_dir/metrics.jsonl into a P
     python plot.py --out_dir=out-shakespeare-char-cpu            # writes out_dir/loss.png
     python plot.py --out_dir=out-shakespeare-char --png=loss.png
 
-train.py appends one JSON line per logged iteration ({"event": "iter", "iter", "loss", "lr", ...})
-and per evaluation ({"event": "eval", "iter", "train_loss", "val_loss", ...}). A resumed run
-appends to the same file; where iterations were repeated after a resume, the latest line wins.
-Needs matplotlib (pip install matplotlib).
+train.py draws out_dir/loss.png itself when a run ends; this command draws it again: for a run
+in progress, an older out_dir, or another file name. train.py appends one JSON line per logged
+iteration ({"event": "iter", "iter", "loss", "lr", ...}), per evaluation ({"event": "eval",
+"iter", "train_loss", "val_loss", ...}) and per sample printed at an evaluation ({"event":
+"sample", ...}: not drawn). A resumed run appends to the same file; where iterations were
+repeated after a resume, the latest line wins. Needs matplotlib (pip install matplotlib).
 """
 
 import json
@@ -44,13 +46,25 @@ def read_metrics(path):
     return iters, evals
 
 
-def plot(metrics_path, png_path):
+class NoMatplotlib(UserError):
+    """matplotlib is not installed (train.py's end-of-run plot says so in its own words)."""
+
+
+def pyplot():
+    """matplotlib.pyplot, drawing to files only (no display needed); NoMatplotlib without it."""
     try:
         import matplotlib
-        matplotlib.use('Agg')  # files only, no display needed
+        matplotlib.use('Agg')
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError("plotting needs matplotlib: pip install matplotlib") from None
+        raise NoMatplotlib("plotting needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def plot(metrics_path, png_path):
+    """Draw the run of metrics_path (a metrics.jsonl) into png_path: train and val loss, and the
+    learning rate. train.py's end-of-run plot draws with this too (nanogpt/watch.py)."""
+    plt = pyplot()
     iters, evals = read_metrics(metrics_path)
     fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 1))
     if iters:

@@ -54,6 +54,9 @@ eval_iters = 200
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # write ckpt.pt at every evaluation, not only when val loss improves
 init_from = 'scratch'  # 'scratch', 'resume', a checkpoint to finetune (out_dir or ckpt.pt), a GPT-2 name or HF directory
+sample_every_eval = False  # print a short sample after each evaluation but the first (watch it learn)
+sample_start = '\n'  # its prompt (sample.py's start)
+sample_max_new_tokens = 200  # its length in tokens
 # wandb logging
 wandb_log = False
 wandb_project = 'owt'
@@ -139,7 +142,10 @@ def estimate_loss(model, data, ctx, c, run, ctl):
             with ctx:
                 logits, loss = model(X, Y)
             losses[k] = loss  # kept on the device: one host sync per evaluation, not one per batch
-            ctl.eval_progress(split, k)  # progress lines on a long evaluation; a signal ends it
+            # progress lines on a long evaluation; a signal ends it; the time budget's end cuts it short
+            if ctl.eval_progress(split, k):
+                losses = losses[:k + 1]
+                break
         out[split] = losses.mean()
     model.train()
     return distributed.mean_over_processes(out, run)
