@@ -1,7 +1,8 @@
 """
 Watching a run learn: a short sample after each evaluation (sample_every_eval), so the text can be
 seen turning from noise into the dataset's style, and the loss plot drawn into out_dir when the
-run ends (plot.py's drawing, where matplotlib is installed). control.RunControl calls both.
+run ends (where matplotlib is installed; plot.py draws it again on demand). control.RunControl
+calls both.
 
 The sample takes nothing from training: it draws with its own seed inside torch.random.fork_rng,
 which puts the random streams (CPU and the run's device) back as they were, and the model runs in
@@ -9,6 +10,7 @@ eval mode, where no dropout mask is drawn. So a run's losses are the same, bit f
 samples on and off (tests/test_watch.py).
 """
 
+import json
 import os
 import time
 
@@ -19,7 +21,7 @@ from .data import tokenizer_for
 from .engine import Engine, NonFiniteLogitsError
 from .errors import UserError, warn_once
 
-__all__ = ['EvalSample', 'LossPlot']
+__all__ = ['EvalSample', 'LossPlot', 'NoMatplotlib', 'plot_losses', 'pyplot', 'read_metrics']
 
 
 def _forked_rng(device):
@@ -105,8 +107,8 @@ class LossPlot:
     not for eval_only, which adds no curve; not after a stop signal, whose grace period is for
     the checkpoint): the path in the closing lines, or where matplotlib is missing one line that
     says how to get it. A plot that fails says so in one line: the run's results are saved.
-    matplotlib is imported as the run starts (the better part of a second), so that the run's end,
-    which the time budget must reserve, is the drawing alone."""
+    With a time budget matplotlib is imported as the run starts (the better part of a second), so
+    that the run's end, which the budget must reserve, is the drawing alone."""
 
     GUESS_S = 0.5  # seconds the time budget keeps for the drawing after the last save
 
@@ -114,24 +116,27 @@ class LossPlot:
         self.c = c
         self.on = run.master and not c.eval_only
         self.drawable = False
-        if self.on:
-            import plot  # the root's plot.py: one drawing for this and for plot.py's command
-            self.plot = plot
-            try:
-                plot.pyplot()
-                self.drawable = True
-            except plot.NoMatplotlib:
-                pass
+        if self.on and c.time_budget:  # the budget keeps time for the drawing alone
+            self._import()
+
+    def _import(self):
+        try:
+            pyplot()
+            self.drawable = True
+        except NoMatplotlib:
+            pass
 
     def draw(self):
         if not self.on:
             return None
         png = os.path.join(self.c.out_dir, 'loss.png')
+        if not self.drawable:
+            self._import()
         try:
             if not self.drawable:
-                raise self.plot.NoMatplotlib()
-            path = self.plot.plot(os.path.join(self.c.out_dir, 'metrics.jsonl'), png)
-        except self.plot.NoMatplotlib:
+                raise NoMatplotlib()
+            path = plot_losses(os.path.join(self.c.out_dir, 'metrics.jsonl'), png)
+        except NoMatplotlib:
             line = (f"loss plot: not drawn, matplotlib is not installed: pip install matplotlib to have "
                     f"{png} drawn when a run ends (or run python plot.py --out_dir={self.c.out_dir} then)")
         except Exception as e:  # UserError, a full disk, a matplotlib backend error
@@ -140,3 +145,72 @@ class LossPlot:
             line = f"loss plot: {path}"
         print(line)
         return line
+
+
+def read_metrics(path):
+    """(iters, evals): dicts iteration -> event, the latest line for each iteration."""
+    if not os.path.exists(path):
+        raise UserError(f"no metrics at {path}: train.py writes it; run e.g. "
+                        f"python train.py config/train_shakespeare_char_cpu.py")
+    iters, evals = {}, {}
+    with open(path) as f:
+        for line in f:
+            try:
+                e = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            if e.get('event') == 'iter':
+                iters[e['iter']] = e
+            elif e.get('event') == 'eval':
+                evals[e['iter']] = e
+    if not iters and not evals:
+        raise UserError(f"{path} holds no iteration or evaluation lines yet")
+    return iters, evals
+
+
+class NoMatplotlib(UserError):
+    """matplotlib is not installed (LossPlot says so in its own words)."""
+
+
+def pyplot():
+    """matplotlib.pyplot, drawing to files only (no display needed); NoMatplotlib without it."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise NoMatplotlib("plotting needs matplotlib: pip install matplotlib") from None
+    return plt
+
+
+def plot_losses(metrics_path, png_path):
+    """Draw the run of metrics_path (a metrics.jsonl) into png_path: train and val loss, and the
+    learning rate: plot.py's command and the plot a run draws when it ends (LossPlot)."""
+    plt = pyplot()
+    iters, evals = read_metrics(metrics_path)
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 1))
+    if iters:
+        xs = sorted(iters)
+        ax.plot(xs, [iters[i]['loss'] for i in xs], color='0.75', lw=0.8, label='train (batch)')
+        ax_lr.plot(xs, [iters[i]['lr'] for i in xs], color='tab:green')
+    if evals:
+        xs = sorted(evals)
+        ax.plot(xs, [evals[i]['train_loss'] for i in xs], 'o-', color='tab:blue', label='train (eval)')
+        ax.plot(xs, [evals[i]['val_loss'] for i in xs], 'o-', color='tab:orange', label='val')
+        # the last evaluation is of the model the run kept (and of a re-evaluation, when one was run
+        # with --eval_only=True); the best of several small noisy evaluations flatters
+        last, best = xs[-1], min(xs, key=lambda i: evals[i]['val_loss'])
+        title = f"final val loss {evals[last]['val_loss']:.4f} at iter {last}"
+        if best != last:
+            title += f" (lowest {evals[best]['val_loss']:.4f} at iter {best})"
+        ax.set_title(title)
+    ax.set_ylabel('loss')
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax_lr.set_ylabel('learning rate')
+    ax_lr.set_xlabel('iteration')
+    ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+    return png_path
