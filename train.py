@@ -35,10 +35,10 @@ import torch
 
 from configurator import apply_overrides, given_settings, resumed_settings, settings_of
 from model import GPT, GPTConfig
-from nanogpt import autotune, checkpoint, cpu, distributed, memory, settings
+from nanogpt import autotune, checkpoint, cpu, distributed, memory, runs, settings
 from nanogpt.budget import start_budget
 from nanogpt.control import RunControl, watched
-from nanogpt.data import GPT2_PADDED_VOCAB, GPT2_VOCAB, dataset_dir, meta_vocab_size, open_split
+from nanogpt.data import GPT2_PADDED_VOCAB, GPT2_VOCAB, check_dataset, dataset_dir, meta_vocab_size, open_split
 from nanogpt.devices import autocast_ctx
 from nanogpt.errors import UserError, run_cli
 from nanogpt.optim import build_optimizer, clip_gradients, set_lr
@@ -54,6 +54,7 @@ eval_iters = 200
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # write ckpt.pt at every evaluation, not only when val loss improves
 init_from = 'scratch'  # 'scratch', 'resume', a checkpoint to finetune (out_dir or ckpt.pt), a GPT-2 name or HF directory
+keep_previous_runs = True  # a new run moves an earlier run's files in out_dir to out_dir/previous/run-N/
 # wandb logging
 wandb_log = False
 wandb_project = 'owt'
@@ -194,6 +195,8 @@ def train(c, given=None, t0=None):
     settings.check_settings(c, DEFAULTS)
     run = settings.resolve_run(c)  # torchrun's processes, the device, the optimizer, micro-steps per process
     budget = start_budget(c, ckpt, t0)  # None without a time budget
+    data_dir = dataset_dir(c.dataset)
+    check_dataset(data_dir, c.dataset)  # before out_dir is made: a missing dataset leaves nothing behind
     if run.master:
         settings.check_out_dir(c.out_dir, lock=not c.eval_only)  # and take it: one training run per out_dir
     torch.manual_seed(c.seed + run.rank)
@@ -201,7 +204,6 @@ def train(c, given=None, t0=None):
     torch.backends.cudnn.allow_tf32 = True
 
     # ---- data and model ----
-    data_dir = dataset_dir(c.dataset)
     vocab_size = meta_vocab_size(data_dir)
     memory.check_fits(c, run, ckpt, vocab_size)  # before allocating: one line where the run cannot fit
     model, model_args = init_model(c, ckpt, vocab_size)
@@ -233,6 +235,7 @@ def train(c, given=None, t0=None):
     ckpt = None  # free the loaded tensors
 
     # ---- the training loop ----
+    runs.keep_previous_run(c, run)  # a new run into an out_dir that holds one: the earlier files move aside
     with RunControl(c, run, raw_model, config, budget) as ctl:  # time budget, console, metrics.jsonl
         rng_batch = torch.get_rng_state()  # before each training batch: a resumed run draws it again from here
         X, Y = get_batch(data['train'], c, run)  # the very first batch
@@ -332,4 +335,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    run_cli(main, keep_going_without_reader=True)  # a closed pipe never ends a run (docs/training.md)
