@@ -38,7 +38,7 @@ from model import GPT, GPTConfig
 from nanogpt import autotune, checkpoint, cpu, distributed, memory, runs, settings
 from nanogpt.budget import start_budget
 from nanogpt.control import RunControl, watched
-from nanogpt.data import GPT2_PADDED_VOCAB, GPT2_VOCAB, check_dataset, dataset_dir, meta_vocab_size, open_split
+from nanogpt.data import GPT2_PADDED_VOCAB, GPT2_VOCAB, dataset_dir, meta_vocab_size, open_split
 from nanogpt.devices import autocast_ctx
 from nanogpt.errors import UserError, run_cli
 from nanogpt.optim import build_optimizer, clip_gradients, set_lr
@@ -195,8 +195,6 @@ def train(c, given=None, t0=None):
     settings.check_settings(c, DEFAULTS)
     run = settings.resolve_run(c)  # torchrun's processes, the device, the optimizer, micro-steps per process
     budget = start_budget(c, ckpt, t0)  # None without a time budget
-    data_dir = dataset_dir(c.dataset)
-    check_dataset(data_dir, c.dataset)  # before out_dir is made: a missing dataset leaves nothing behind
     if run.master:
         settings.check_out_dir(c.out_dir, lock=not c.eval_only)  # and take it: one training run per out_dir
     torch.manual_seed(c.seed + run.rank)
@@ -204,7 +202,7 @@ def train(c, given=None, t0=None):
     torch.backends.cudnn.allow_tf32 = True
 
     # ---- data and model ----
-    vocab_size = meta_vocab_size(data_dir)
+    vocab_size = meta_vocab_size(data_dir := dataset_dir(c.dataset))  # None: no meta.pkl, GPT-2's vocabulary
     memory.check_fits(c, run, ckpt, vocab_size)  # before allocating: one line where the run cannot fit
     model, model_args = init_model(c, ckpt, vocab_size)
     data = {split: open_split(data_dir, split, c.dataset, c.block_size, model_args['vocab_size'])
