@@ -301,7 +301,7 @@ def meta_vocab_size(data_dir):
         train_bin = os.path.join(data_dir, 'train.bin')
         if os.path.exists(train_bin) and os.path.getsize(train_bin) >= 2:
             top, exact = largest_token_id(np.memmap(train_bin, dtype=np.uint16, mode='r'))
-            lost = (f"; ids this small suggest a character dataset that lost its meta.pkl: prepare it again"
+            lost = ("; ids this small suggest a character dataset that lost its meta.pkl: prepare it again"
                     if top < _FEW_FOR_GPT2 else "")
             print(f"no meta.pkl in {data_dir}: GPT-2's vocabulary assumed; the largest token id in train.bin"
                   f"{'' if exact else ' (sampled)'} is {top}{lost}")

@@ -2,7 +2,6 @@
 out_dir/previous/run-N/ byte for byte, one line says where and how to delete them, and
 keep_previous_runs=False writes over them as nanoGPT does. Real train.py runs."""
 
-import os
 import shlex
 
 from conftest import run_script, tiny_args
