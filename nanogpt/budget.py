@@ -100,6 +100,19 @@ class TimeBudget:
         """Seconds the next iteration is expected to take: the usual pace, or the recent one if slower."""
         return max(self.iter_s or 0.0, self.recent_s or 0.0)
 
+    def check_start(self, micro_step_s, eval_iters, grad_accum):
+        """At the loop's start: one line when what is left cannot hold one iteration and one
+        evaluation at the pace autotune.py measured (micro_step_s seconds per micro-step; None
+        where nothing was measured, and nothing is known yet). The run then overruns its budget."""
+        if not micro_step_s:
+            return
+        iteration = micro_step_s * grad_accum
+        need = iteration + evaluation_s(iteration, 2 * eval_iters, grad_accum)
+        if self.left() < need:
+            warn_once(f"time_budget={self.seconds:g}s leaves {self.left():.1f}s, less than one iteration and "
+                      f"one evaluation (about {need:.1f}s at the measured pace): the run will take longer than "
+                      f"its budget; give a larger --time_budget, or a smaller --eval_iters or model")
+
     def spent(self):
         return self.spent_before + self.clock() - self.t0
 

@@ -23,7 +23,6 @@ from its first line to its last.
 import functools
 import math
 import os
-import shlex
 import time
 
 import torch
@@ -32,6 +31,7 @@ import torch.distributed as dist
 from . import checkpoint, distributed, memory, progress
 from .watch import EvalSample, LossPlot
 from .errors import UserError
+from .shell import command
 from .metrics import Metrics
 from .signals import StopSignals
 
@@ -135,8 +135,8 @@ class Checkpoints:
         if self.last_good is None:
             fix = f"no checkpoint was saved; start again with a lower learning rate, e.g. {lower}"
         else:
-            fix = (f"{self.untouched()}; resume from it with a lower learning rate: python train.py "
-                   f"--init_from=resume --out_dir={shlex.quote(c.out_dir)} {lower}")
+            fix = (f"{self.untouched()}; resume from it with a lower learning rate: "
+                   + command('python', 'train.py', '--init_from=resume', f'--out_dir={c.out_dir}', *lower.split()))
         if self.run.dtype != 'float32':
             fix += " (or --dtype=float32)"
         return UserError(f"{what}: training diverged; {unsaved}{fix}")
@@ -244,6 +244,8 @@ class RunControl:
 
     def __init__(self, c, run, model, config, budget, memory_plan):
         self.c, self.run, self.budget = c, run, budget
+        if budget is not None and run.master:
+            budget.check_start(run.micro_step_s, c.eval_iters, run.grad_accum)  # a budget too short to keep
         self.signals = StopSignals.current
         self.metrics = Metrics(c, run, config, model, budget)
         self.stop_or_close = StopOrClose(c, run, budget, self.signals)
@@ -292,7 +294,8 @@ class RunControl:
 
     def stopped(self, iter_num):
         print(f"stopped by signal at iter {iter_num}: training state saved to "
-              f"{os.path.join(self.c.out_dir, 'last.pt')}; continue with --init_from=resume")
+              f"{os.path.join(self.c.out_dir, 'last.pt')}; continue with "
+              + command('python', 'train.py', '--init_from=resume', f'--out_dir={self.c.out_dir}'))
 
     def eval_progress(self, split, k):
         """Called after each evaluation forward (k counts them, from 0, in each split): the

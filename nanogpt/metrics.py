@@ -14,6 +14,7 @@ import time
 from . import devices
 from .data import dataset_meta
 from .errors import warn_once
+from .shell import command
 
 
 def format_duration(s):
@@ -27,6 +28,10 @@ def bits_per(loss, dataset):
     meta = dataset_meta(dataset) or {}
     chars = 'stoi' in meta and max(map(len, meta['stoi']), default=1) == 1
     return f"{loss / math.log(2):.3f} bits per {'character' if chars else 'token'}"
+
+
+def iterations(n):
+    return f"{n} iteration{'' if n == 1 else 's'}"
 
 
 class Metrics:
@@ -112,18 +117,20 @@ class Metrics:
         best = f"best val loss {best_val_loss:.4f} ({bits_per(best_val_loss, c.dataset)})"
         if best_file is None:
             best += " (iteration 0's, the untrained model's: not saved)" if untrained else " (not saved)"
-        if budget is not None:
-            print(f"done: {iter_num - start_iter} iterations fitted in the {format_duration(c.time_budget)} budget "
+        if budget is not None and budget.closed:  # the budget ended the run, not max_iters
+            print(f"done: {iterations(iter_num - start_iter)} fitted in the {format_duration(c.time_budget)} budget "
                   f"({format_duration(budget.spent())} used, {iter_num} in all), {best}")
         else:
-            print(f"done: {iter_num} iterations in {format_duration(time.time() - self.t_start)}, {best}")
+            used = f" (max_iters reached, {format_duration(budget.spent())} of the {format_duration(c.time_budget)} " \
+                   f"budget used)" if budget is not None else ""
+            print(f"done: {iterations(iter_num)} in {format_duration(time.time() - self.t_start)}{used}, {best}")
         if best_file is not None:
-            print(f"best model: {best_file}; sample from it with: python sample.py --out_dir={c.out_dir}")
+            print(f"best model: {best_file}; sample from it with: {command('python', 'sample.py', f'--out_dir={c.out_dir}')}")
         elif last_good is not None:
             print(f"no best model: no evaluation improved on that loss, so ckpt.pt was not written; the "
                   f"training state is in {last_good[0]} (iteration {last_good[1]}): continue with a lower "
-                  f"learning rate, e.g. python train.py --init_from=resume --out_dir={c.out_dir} "
-                  f"--learning_rate={c.learning_rate / 2:g}")
+                  f"learning rate, e.g. " + command('python', 'train.py', '--init_from=resume', f'--out_dir={c.out_dir}',
+                                                    f'--learning_rate={c.learning_rate / 2:g}'))
         else:
             longer = f"a larger --time_budget than {c.time_budget:g}" if budget is not None else "--max_iters=1 or more"
             print(f"nothing was saved: a run saves at its evaluations after iteration 0; give it {longer}")
