@@ -13,6 +13,17 @@ PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, PROJECT)
 
 
+# torch.compile's inductor (torch 2.13) imports torch.utils.mkldnn, whose modules still use
+# torch.jit.script_method: the warning is torch's own code warning about itself, once per decorator
+# (14), at the suite's first compile; this project compiles with torch.compile, as the warning asks
+TORCH_OWN_WARNINGS = ("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning",)
+
+
+def pytest_configure(config):
+    for line in TORCH_OWN_WARNINGS:
+        config.addinivalue_line("filterwarnings", line)
+
+
 def make_char_dataset(path, n_chars=20000, seed=0):
     """A learnable toy corpus (repeated words over a small alphabet) written as train.bin, val.bin
     and meta.pkl in the nanoGPT format. Returns the directory."""
