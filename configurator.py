@@ -160,6 +160,17 @@ def given_settings(argv, known):
     return given & set(known)
 
 
+def final_value(key, value, argv=None):
+    """The value `key` has once the whole command line is applied, for a config file that depends
+    on a setting (config/train_shakespeare_char_cpu.py on `device`): `value`, as the settings stand
+    when the file runs, unless argv (default sys.argv[1:]) gives --key, whose last raw text wins, as
+    apply_overrides applies the arguments in order (a --key after the file comes later)."""
+    for item in parse_argv(sys.argv[1:] if argv is None else argv):
+        if isinstance(item, tuple) and item[0] == key and item[1] is not None:
+            value = item[1]
+    return value
+
+
 # chosen per run and machine: a resumed run takes none of these from its checkpoint
 NOT_RESUMED = ('init_from', 'out_dir', 'eval_only', 'device', 'dtype', 'compile', 'backend')
 

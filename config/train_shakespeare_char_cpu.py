@@ -6,6 +6,7 @@
 # model fits; on any other CPU training runs in float32 and a 4x128 model learns more in the same
 # five minutes. A GPU takes 4x256: MPS too, which trains even models this small faster than the
 # Mac's own CPU (docs/platforms.md, "Apple's GPU or its CPU").
+from configurator import final_value
 from nanogpt.devices import cpu_has_bf16_units, planned_device_type
 
 out_dir = 'out-shakespeare-char-cpu'
@@ -25,7 +26,7 @@ block_size = 128  # 64 characters of context learned less in the same time (docs
 n_layer = 4
 n_head = 4
 n_embd = 256
-_device = planned_device_type(device)  # device=auto: cuda, then mps, then cpu; a later --device too
+_device = planned_device_type(final_value('device', device))  # a --device after this file counts too
 if _device != 'cpu':
     _why = "a GPU: the larger model" + (", faster there than on the Mac's CPU; --device=cpu for the CPU"
                                         if _device == 'mps' else '')

@@ -18,8 +18,6 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from configurator import parse_argv
-
 from .errors import UserError, warn_once
 
 __all__ = ['FSDP_MIN_TORCH', 'MIN_TORCH', 'MUON_MIN_TORCH', 'PTDTYPES', 'CompiledModel', 'autocast_ctx',
@@ -65,15 +63,10 @@ def device_type_of(device):
     return 'cuda' if 'cuda' in device else 'mps' if 'mps' in device else 'cpu'
 
 
-def planned_device_type(device, argv=None):
-    """The device type a run will train on, for a config file that shapes the model by it
-    (config/train_shakespeare_char_cpu.py): `device` as the settings stand when the file runs,
-    unless the command line (argv, default sys.argv[1:]) sets --device, which the configurator
-    applies in order, so a --device after the file wins too. 'auto' is resolved as
-    resolve_device resolves it, without its line."""
-    for item in parse_argv(sys.argv[1:] if argv is None else argv):
-        if isinstance(item, tuple) and item[0] == 'device' and item[1]:
-            device = item[1]
+def planned_device_type(device):
+    """The device type a run with setting `device` will train on, for a config file that shapes
+    the model by it (config/train_shakespeare_char_cpu.py): 'auto' is resolved as resolve_device
+    resolves it, without its line."""
     if device == 'auto':
         return 'cuda' if torch.cuda.is_available() else 'mps' if mps_available() else 'cpu'
     return device_type_of(str(device))
