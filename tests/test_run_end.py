@@ -92,14 +92,14 @@ def test_one_training_run_per_out_dir(char_dataset, tmp_path, capsys):
     finally:
         first.kill()
         first.communicate()
-    lock = os.path.join(out, 'train.lock')
-    assert json.load(open(lock))['pid'] == first.pid  # left behind by the killed run
+    holder = os.path.join(out, 'train.lock.json')  # who holds out_dir/train.lock
+    assert json.load(open(holder))['pid'] == first.pid  # left behind by the killed run
     capsys.readouterr()
     reached = checkpoint.find_resume_checkpoint(out)['iter_num']
     train.main(tiny_args(out, char_dataset, init_from='resume', max_iters=reached + 1, peak_flops=1e12))
     stdout = capsys.readouterr().out
     assert f'was left by a run that no longer runs (pid {first.pid}' in stdout and 'Resuming training' in stdout
-    assert not os.path.exists(lock)  # released when the run ended
+    assert not os.path.exists(holder)  # released when the run ended
 
 
 # ---- gradient norm and divergence -------------------------------------------------------------------
