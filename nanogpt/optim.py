@@ -99,7 +99,9 @@ def orthogonalize(update, coefficients, steps, eps):
     return x.T if tall else x
 
 
-class Float32Muon(torch.optim.Muon):
+# torch.optim.Muon is new in torch 2.9: before it the class stands on Optimizer, so that this module
+# imports on every torch the project supports; check_muon_available stops a Muon run there first
+class Float32Muon(getattr(torch.optim, 'Muon', torch.optim.Optimizer)):
     """torch.optim.Muon with its orthogonalisation in float32 (orthogonalize): the same update,
     the same hyperparameters and state ('momentum_buffer'), so a checkpoint moves between the two.
     For devices where bfloat16 is emulated, and there only: elsewhere bfloat16 is faster."""
