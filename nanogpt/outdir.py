@@ -22,7 +22,9 @@ __all__ = ['LOCK_NAME', 'HOLDER_NAME', 'check_out_dir', 'release_out_dir']
 # and on Windows deleted by filelock, and on Windows no other process may read a locked byte, so who
 # holds it (pid, host, start time, for the one-line message) lives in a file of its own beside it,
 # written once the lock is held and deleted before it is released: found when the lock is taken, it
-# was left by a run that did not end cleanly.
+# was left by a run that did not end cleanly. The lock file itself stays, empty, on Linux and macOS
+# (filelock deletes it on Windows): deleted while another run was opening it, two runs could each
+# hold a lock on a different file.
 LOCK_NAME = 'train.lock'
 HOLDER_NAME = 'train.lock.json'
 _held = {}  # real path of a lock this process holds -> its FileLock (None where locks do not work)
