@@ -203,7 +203,7 @@ def train(c, given=None, t0=None):
     # ---- data and model ----
     data_dir = dataset_dir(c.dataset)
     vocab_size = meta_vocab_size(data_dir)
-    memory.check_fits(c, run, ckpt, vocab_size)  # before allocating: one line where the run cannot fit
+    memory_plan = memory.check_fits(c, run, ckpt, vocab_size)  # before allocating: one line where the run cannot fit
     model, model_args = init_model(c, ckpt, vocab_size)
     data = {split: open_split(data_dir, split, c.dataset, c.block_size, model_args['vocab_size'])
             for split in ('train', 'val')}
@@ -233,7 +233,7 @@ def train(c, given=None, t0=None):
     ckpt = None  # free the loaded tensors
 
     # ---- the training loop ----
-    with RunControl(c, run, raw_model, config, budget) as ctl:  # time budget, console, metrics.jsonl
+    with RunControl(c, run, raw_model, config, budget, memory_plan) as ctl:  # time budget, console, metrics.jsonl
         rng_batch = torch.get_rng_state()  # before each training batch: a resumed run draws it again from here
         X, Y = get_batch(data['train'], c, run)  # the very first batch
 
@@ -319,7 +319,7 @@ def main(argv=None):
         # process group: clear them so the group is freed below (the message and lines stay)
         import traceback
         traceback.clear_frames(e.__traceback__)
-        oom = memory.out_of_memory_error(e)  # out of memory while setting up: one line
+        oom = memory.out_of_memory_error(e, memory.MemoryPlan(c))  # out of memory while setting up: one line
         if oom is not None:
             raise oom from None
         raise

@@ -85,8 +85,8 @@ class Checkpoints:
     resumed from), and the one-line errors that say what a failure leaves: a diverged run
     (the command that continues at half the learning rate), and out of memory."""
 
-    def __init__(self, c, run, budget):
-        self.c, self.run, self.budget = c, run, budget
+    def __init__(self, c, run, budget, memory_plan):
+        self.c, self.run, self.budget, self.memory_plan = c, run, budget, memory_plan
         self.saved = {}  # checkpoint name -> iteration, of those this run wrote
         self.last_good = None  # (path, iteration) of the newest checkpoint: this run's, or the one resumed
 
@@ -139,7 +139,7 @@ class Checkpoints:
         """The one-line UserError for an out-of-memory `exc` in the loop (None for any other):
         nothing is saved then, so every checkpoint stays as it was."""
         when = f" at iteration {iter_num}" if iter_num is not None else ''
-        return memory.out_of_memory_error(exc, when, self.untouched())
+        return memory.out_of_memory_error(exc, self.memory_plan, when, self.untouched())
 
 
 class RunRecord:
@@ -184,15 +184,15 @@ class AddedEvaluation:
 class RunControl:
     """train.py's loop talks to this at a few named points. `c`: the settings; `run`: the
     settings.Run; `model`: the unwrapped GPT (for MFU); `config`: what checkpoints store;
-    `budget`: a budget.TimeBudget or None. A context manager: inside it metrics.jsonl is open, and
+    `budget`: a budget.TimeBudget or None; `memory_plan`: memory.check_fits' MemoryPlan. A context manager: inside it metrics.jsonl is open, and
     an out-of-memory error leaves as one line. The stop signals are those watched() installed."""
 
-    def __init__(self, c, run, model, config, budget):
+    def __init__(self, c, run, model, config, budget, memory_plan):
         self.c, self.run, self.budget = c, run, budget
         self.signals = StopSignals.current
         self.metrics = Metrics(c, run, config, model, budget)
         self.stop_or_close = StopOrClose(c, run, budget, self.signals)
-        self.checkpoints = Checkpoints(c, run, budget)
+        self.checkpoints = Checkpoints(c, run, budget, memory_plan)
         self.record = RunRecord(config)
         self.added_eval = AddedEvaluation(c, budget)
         self.estimate = progress.RunEstimate(c, run, active=budget is None and run.master and not c.eval_only)

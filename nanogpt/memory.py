@@ -44,7 +44,7 @@ from . import checkpoint, cpu, devices
 from .data import GPT2_PADDED_VOCAB, GPT2_VOCAB
 from .errors import UserError
 
-__all__ = ['GB', 'Shape', 'Estimate', 'estimate', 'optimizer_bytes', 'activation_bytes', 'eval_activation_bytes',
+__all__ = ['GB', 'Shape', 'Estimate', 'MemoryPlan', 'estimate', 'optimizer_bytes', 'activation_bytes', 'eval_activation_bytes',
            'host_available', 'device_free', 'check_fits', 'out_of_memory_error', 'table']
 
 GB = 1e9
@@ -259,7 +259,15 @@ def device_free(run):
 
 # ---- the check before the model is built ---------------------------------------------------------
 
-_plan = {}  # what check_fits found, for the out-of-memory line of a run that fails later anyway
+@dataclass
+class MemoryPlan:
+    """What check_fits found, kept by the run for the out-of-memory line of a run that fails later
+    anyway: the settings, the processes sharing the micro-steps, the estimate and what was free."""
+    c: object
+    processes: int = 1
+    need: 'Estimate' = None
+    free: int = None
+    where: str = ''
 
 
 def micro_batch_at_most(c, cap, processes=1):
@@ -280,10 +288,10 @@ def largest_batch(fits, batch_size):
     return lo
 
 
-def smaller_batch_hint(c, batch_size):
+def smaller_batch_hint(c, batch_size, processes=1):
     """The settings that train with micro-batches of at most batch_size sequences and the same
-    tokens per optimizer step."""
-    b = micro_batch_at_most(c, batch_size, _plan.get('processes', 1))
+    tokens per optimizer step, split among `processes`."""
+    b = micro_batch_at_most(c, batch_size, processes)
     g = c.batch_size * c.gradient_accumulation_steps // b
     return f"--batch_size={b} --gradient_accumulation_steps={g} (the same tokens per step)"
 
@@ -296,12 +304,11 @@ def check_fits(c, run, ckpt, vocab_size):
     """Stop with one line, before anything is allocated, where the run cannot fit: the estimate
     of its largest forward+backward pass (planned_steps) against what the device has free, and on
     a GPU also the host memory the model is built in first. `ckpt`: the resumed checkpoint or
-    None; `vocab_size`: from meta.pkl, or None. Remembers the estimate for out_of_memory_error."""
-    _plan.clear()
-    _plan.update(c=c, processes=run.world_size)
+    None; `vocab_size`: from meta.pkl, or None. Returns the MemoryPlan, for out_of_memory_error."""
+    plan = MemoryPlan(c, run.world_size)
     shape = shape_for(c, ckpt, vocab_size)
     if shape is None:
-        return
+        return plan
     shards = run.world_size if run.fsdp else 1
     measured = run.device_type == 'cpu' and 'auto' in (c.dtype, c.compile) and not run.fsdp
 
@@ -318,7 +325,7 @@ def check_fits(c, run, ckpt, vocab_size):
     step = max(estimates, key=lambda s: estimates[s].total)
     need = estimates[step]
     free, where = device_free(run)
-    _plan.update(need=need, free=free, where=where)
+    plan.need, plan.free, plan.where = need, free, where
     if run.device_type != 'cpu':
         host = host_available()
         if host is not None and 4 * shape.params > host:
@@ -327,7 +334,7 @@ def check_fits(c, run, ckpt, vocab_size):
                             f"{gb(host)} is available; use a smaller model (fewer --n_layer, a smaller "
                             f"--n_embd)")
     if free is None or need.total <= free:
-        return
+        return plan
     what = f"this run needs about {need.describe()} on {where}, which has {gb(free)} free"
     least = min(estimates, key=lambda s: estimates[s].total)
     if estimates[least].total <= free:  # dtype=auto measures every candidate at the full batch size
@@ -344,7 +351,7 @@ def check_fits(c, run, ckpt, vocab_size):
             fix += ", or shard it over several GPUs (torchrun ... --fsdp=True)"
     else:
         fits = largest_batch(lambda b: need_for(step, b).total <= free, c.batch_size)
-        fix = f"use {smaller_batch_hint(c, fits)}, or a smaller --block_size or model"
+        fix = f"use {smaller_batch_hint(c, fits, run.world_size)}, or a smaller --block_size or model"
     raise UserError(f"{what}: {fix}")
 
 
@@ -358,13 +365,14 @@ def is_out_of_memory(e):
     return "can't allocate memory" in text or 'out of memory' in text
 
 
-def out_of_memory_error(e, when='', kept=''):
+def out_of_memory_error(e, plan, when='', kept=''):
     """The one-line UserError for an out-of-memory exception `e` (None for any other exception):
-    what failed, the estimate and what was free at the start (check_fits), the fix, and `kept`
-    (which checkpoint is untouched). `when`: e.g. ' at iteration 12'."""
+    what failed, the estimate and what was free at the start (`plan`, check_fits' MemoryPlan, or
+    one with the settings alone where the estimate is out of reach), the fix, and `kept` (which
+    checkpoint is untouched). `when`: e.g. ' at iteration 12'."""
     if not is_out_of_memory(e):
         return None
-    c = _plan.get('c')
+    c = plan.c
     text = str(e)
     detail = ('CUDA out of memory' if 'CUDA' in text else 'MPS out of memory' if 'MPS' in text
               else 'the allocator failed')
@@ -373,12 +381,11 @@ def out_of_memory_error(e, when='', kept=''):
         n, unit = asked.groups()
         big = unit == 'bytes' and int(n) >= 1e6
         detail += f", asking for {int(n) / 1e6:,.0f} MB" if big else f", asking for {n} {unit}"
-    where = _plan.get('where', '')
-    line = f"out of memory{' on ' + where if where else ''}{when} ({detail})"
-    if _plan.get('need') is not None:
-        line += f"; the estimate was {gb(_plan['need'].total)}" + (
-            f" of the {gb(_plan['free'])} free at the start" if _plan.get('free') is not None else '')
-    fix = (f"use {smaller_batch_hint(c, c.batch_size // 2)}, or a smaller --block_size or model"
+    line = f"out of memory{' on ' + plan.where if plan.where else ''}{when} ({detail})"
+    if plan.need is not None:
+        line += f"; the estimate was {gb(plan.need.total)}" + (
+            f" of the {gb(plan.free)} free at the start" if plan.free is not None else '')
+    fix = (f"use {smaller_batch_hint(c, c.batch_size // 2, plan.processes)}, or a smaller --block_size or model"
            if c is not None and c.batch_size > 1 else "use a smaller --batch_size, --block_size or model")
     return UserError(f"{line}: {fix}" + (f"; {kept}" if kept else ''))
 

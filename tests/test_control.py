@@ -53,7 +53,7 @@ def test_a_signal_stops_and_eval_only_or_the_budget_closes():
 
 def test_checkpoints_remember_the_last_good_one_and_name_it_when_the_run_diverges(tmp_path):
     out = str(tmp_path)
-    saves = Checkpoints(settings(out_dir=out, learning_rate=6e-4), ONE_PROCESS, None)
+    saves = Checkpoints(settings(out_dir=out, learning_rate=6e-4), ONE_PROCESS, None, None)
     assert saves.untouched() == "no checkpoint was saved"
     assert 'start again with a lower learning rate, e.g. --learning_rate=0.0003' in str(saves.diverged('loss is nan'))
     saves.save('ckpt.pt', {'model': {'w': torch.ones(2)}, 'iter_num': 7})
@@ -70,7 +70,7 @@ def test_checkpoints_remember_the_last_good_one_and_name_it_when_the_run_diverge
 def test_a_resumed_run_starts_from_the_newer_checkpoint(tmp_path):
     out = str(tmp_path)
     checkpoint.save_checkpoint({'iter_num': 4}, os.path.join(out, 'ckpt.pt'))
-    saves = Checkpoints(settings(out_dir=out), ONE_PROCESS, None)
+    saves = Checkpoints(settings(out_dir=out), ONE_PROCESS, None, None)
     saves.resumed(4)
     assert saves.last_good == (os.path.join(out, 'ckpt.pt'), 4)
     checkpoint.save_checkpoint({'iter_num': 6}, os.path.join(out, 'last.pt'))  # last.pt: only while newer
