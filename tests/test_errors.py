@@ -14,11 +14,9 @@ import pytest
 import torch
 
 from nanogpt.errors import UserError
-from conftest import PROJECT, make_char_dataset, run_script, tiny_args
+from conftest import ONE_THREAD, PROJECT, make_char_dataset, run_script, tiny_args
 import sample
 import train
-
-ONE_THREAD = {'OMP_NUM_THREADS': '1'}
 
 
 IN_PROCESS = {'missing val.bin, named prepare script', 'empty file', 'meta.pkl not a pickle', 'block_size -1',
