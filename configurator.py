@@ -17,9 +17,11 @@ checkpoint, except the ones given again (resumed_settings).
 import ast
 import difflib
 import os
+import sys
 from types import SimpleNamespace
 
 from nanogpt.errors import UserError, warn_once
+from nanogpt.shell import command
 
 PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))  # config/ lives here, whatever the working directory
 
@@ -58,8 +60,15 @@ def _find_config_file(path):
     for candidate in (path, os.path.join(PROJECT_DIR, path)):
         if os.path.isfile(candidate):
             return candidate
+    for candidate in (path, os.path.join(PROJECT_DIR, path)):
+        if os.path.isdir(candidate):
+            raise UserError(f"{path} is a folder, not a config file: name a file in it, e.g. "
+                            f"config/train_shakespeare_char.py")
     raise UserError(f"config file not found: {path} (config files live in config/, "
                     f"e.g. config/train_shakespeare_char.py)")
+
+
+CONFIG_FILE_KEYS = ('config', 'config_file', 'config_path', 'cfg')  # what users try for a config file
 
 
 def parse_argv(argv):
@@ -105,6 +114,10 @@ def apply_overrides(defaults, argv, verbose=True):
                 config[key] = check_type(key, value, defaults[key], f"config file {arg}")
             continue
         key, raw = arg
+        if key not in config and key in CONFIG_FILE_KEYS:
+            script = os.path.basename(sys.argv[0]) if sys.argv[0].endswith('.py') else 'train.py'
+            raise UserError(f"--{key}: config files are plain arguments, not a setting: "
+                            f"{command('python', script, raw) if raw else f'python {script} FILE'}")
         if key not in config:
             raise UserError(f"unknown setting --{key}{_closest(key, config)}")
         if raw is None:  # --key alone

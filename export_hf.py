@@ -42,6 +42,7 @@ from nanogpt import devices, files
 from nanogpt.checkpoint import clean_state_dict, load_checkpoint
 from nanogpt.data import GPT2_PADDED_VOCAB, GPT2_VOCAB
 from nanogpt.errors import UserError, run_cli
+from nanogpt.shell import command
 
 out_dir = 'out'
 hf_dir = ''
@@ -195,7 +196,7 @@ def export(c):
     if tok is None:
         print("no tokenizer written (--tokenizer=False): GPT-2's tokenizer (AutoTokenizer 'gpt2') fits it")
     print(f"load it with: GPT2LMHeadModel.from_pretrained({target!r}), or "
-          f"python sample.py --init_from={target}")
+          + command('python', 'sample.py', f'--init_from={target}'))
     return target
 
 

@@ -26,7 +26,7 @@ import torch
 from configurator import apply_overrides, settings_of
 from model import GPT
 from nanogpt import devices
-from nanogpt.checkpoint import init_checkpoint_path, init_source, load_checkpoint, model_from_checkpoint
+from nanogpt.checkpoint import first_model_recipe, init_checkpoint_path, init_source, load_checkpoint, model_from_checkpoint
 from nanogpt.data import TokenIds, read_text_file, tokenizer_for
 from nanogpt.engine import Engine, NonFiniteLogitsError
 from nanogpt.errors import UserError, run_cli
@@ -76,8 +76,7 @@ def load_model(c):
     named = c.init_from != 'resume' and init_checkpoint_path(c.init_from)  # a ckpt.pt, or an out_dir
     if c.init_from == 'resume' or named:
         if not named and not os.path.isdir(c.out_dir):
-            raise UserError(f"out_dir {c.out_dir!r} does not exist: train a model first, e.g. "
-                            f"python train.py config/train_shakespeare_char.py (writes out-shakespeare-char)")
+            raise UserError(f"out_dir {c.out_dir!r} does not exist: train a model first, e.g. {first_model_recipe()}")
         ckpt = load_checkpoint(named or os.path.join(c.out_dir, 'ckpt.pt'), 'cpu')
         model = model_from_checkpoint(ckpt, dropout=0.0)
         dataset = (ckpt.get('config') or {}).get('dataset')

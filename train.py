@@ -35,7 +35,7 @@ import torch
 
 from configurator import apply_overrides, given_settings, resumed_settings, settings_of
 from model import GPT, GPTConfig
-from nanogpt import autotune, checkpoint, cpu, distributed, memory, outdir, settings
+from nanogpt import autotune, checkpoint, cpu, distributed, memory, outdir, runs, settings
 from nanogpt.budget import start_budget
 from nanogpt.control import RunControl, watched
 from nanogpt.data import GPT2_PADDED_VOCAB, GPT2_VOCAB, dataset_dir, meta_vocab_size, open_split
@@ -54,6 +54,10 @@ eval_iters = 200
 eval_only = False  # evaluate once and exit
 always_save_checkpoint = True  # write ckpt.pt at every evaluation, not only when val loss improves
 init_from = 'scratch'  # 'scratch', 'resume', a checkpoint to finetune (out_dir or ckpt.pt), a GPT-2 name or HF directory
+sample_every_eval = False  # print a short sample after each evaluation but the first (watch it learn)
+sample_start = '\n'  # its prompt (sample.py's start)
+sample_max_new_tokens = 200  # its length in tokens
+keep_previous_runs = True  # a new run moves an earlier run's files in out_dir to out_dir/previous/run-N/
 # wandb logging
 wandb_log = False
 wandb_project = 'owt'
@@ -139,7 +143,10 @@ def estimate_loss(model, data, ctx, c, run, ctl):
             with ctx:
                 logits, loss = model(X, Y)
             losses[k] = loss  # kept on the device: one host sync per evaluation, not one per batch
-            ctl.eval_progress(split, k)  # progress lines on a long evaluation; a signal ends it
+            # progress lines on a long evaluation; a signal ends it; the time budget's end cuts it short
+            if ctl.eval_progress(split, k):
+                losses = losses[:k + 1]
+                break
         out[split] = losses.mean()
     model.train()
     return distributed.mean_over_processes(out, run)
@@ -201,8 +208,7 @@ def train(c, given=None, t0=None):
     torch.backends.cudnn.allow_tf32 = True
 
     # ---- data and model ----
-    data_dir = dataset_dir(c.dataset)
-    vocab_size = meta_vocab_size(data_dir)
+    vocab_size = meta_vocab_size(data_dir := dataset_dir(c.dataset))  # None: no meta.pkl, GPT-2's vocabulary
     memory_plan = memory.check_fits(c, run, ckpt, vocab_size)  # before allocating: one line where the run cannot fit
     model, model_args = init_model(c, ckpt, vocab_size)
     data = {split: open_split(data_dir, split, c.dataset, c.block_size, model_args['vocab_size'])
@@ -233,6 +239,7 @@ def train(c, given=None, t0=None):
     ckpt = None  # free the loaded tensors
 
     # ---- the training loop ----
+    runs.keep_previous_run(c, run)  # a new run into an out_dir that holds one: the earlier files move aside
     with RunControl(c, run, raw_model, config, budget, memory_plan) as ctl:  # time budget, console, metrics.jsonl
         rng_batch = torch.get_rng_state()  # before each training batch: a resumed run draws it again from here
         X, Y = get_batch(data['train'], c, run)  # the very first batch
@@ -332,4 +339,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    run_cli(main)
+    run_cli(main, keep_going_without_reader=True)  # a closed pipe never ends a run (docs/training.md)

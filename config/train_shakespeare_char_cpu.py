@@ -14,6 +14,7 @@ eval_interval = 500  # evaluation time is training time lost: a few cheap ones f
 eval_iters = 10  # too few to rank checkpoints (+-0.02): re-evaluate with more batches to report
 log_interval = 50
 always_save_checkpoint = True  # the loss falls to the end: the last model is the one to keep
+sample_every_eval = True  # a short sample after each evaluation: watch the text turn into Shakespeare
 
 gradient_accumulation_steps = 1
 batch_size = 32

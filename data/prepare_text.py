@@ -35,7 +35,8 @@ import numpy as np
 DATA_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(DATA_DIR))  # the project, for the nanogpt package
 from nanogpt.data import dataset_dir, dataset_meta, load_meta, read_text_file, tiktoken_encoding  # noqa: E402
-from nanogpt.errors import UserError, warn_once  # noqa: E402
+from nanogpt.errors import UserError, run_cli, warn_once  # noqa: E402
+from nanogpt.shell import command  # noqa: E402
 
 CHAR_SEPARATOR = '\u2403'  # '␃', SYMBOL FOR END OF TEXT: visible, and rare in real text
 VAL_FRACTION = 0.1
@@ -120,7 +121,7 @@ def write_tiny_shakespeare(path, user_copy=None):
     from the shipped copy. Nothing is downloaded: the shipped bytes are the same."""
     if user_copy and not is_tiny_shakespeare(user_copy):
         raise UserError(f"--input {user_copy} is not tiny shakespeare's input.txt (its size or sha256 differs); "
-                        f"for a dataset of your own text use: python data/prepare_text.py {user_copy}")
+                        f"for a dataset of your own text use: {command('python', 'data/prepare_text.py', user_copy)}")
     if is_tiny_shakespeare(path):
         return path
     if os.path.exists(path):
@@ -213,29 +214,28 @@ def write_dataset(out_dir, train_ids, val_ids, meta):
     atomic_write(os.path.join(out_dir, 'meta.pkl'), lambda f: pickle.dump(meta, f))
 
 
-def write_split_dataset(out_dir, ids, meta, val_fraction=VAL_FRACTION):
-    """First 1-val_fraction of `ids` to train.bin, the rest to val.bin, plus meta.pkl."""
-    cut = int(len(ids) * (1 - val_fraction))
-    train_ids, val_ids = ids[:cut], ids[cut:]
-    print(f"train has {len(train_ids):,} tokens")
-    print(f"val has {len(val_ids):,} tokens")
-    write_dataset(out_dir, train_ids, val_ids, meta)
-    return train_ids, val_ids
-
-
 def prepare_text(text, out_dir, bpe=False, vocab=None):
     """Encode one document, `text` (characters; bpe=True or a tiktoken encoding's name for BPE;
     `vocab`: a character meta.pkl's contents to encode with), into out_dir."""
-    print(f"length of dataset in characters: {len(text):,}")
     if not text:
         raise UserError("the input text is empty")
     ids, meta = encode_gpt2(text, 'gpt2' if bpe is True else bpe) if bpe else encode_chars(text, vocab)
-    if not bpe and vocab is None:
-        print("all the unique characters:", ''.join(meta['itos'][i] for i in range(meta['vocab_size'])))
-    print(f"vocab size: {meta['vocab_size']:,}")
     if len(ids) < 20:
         raise UserError(f"the input has only {len(ids)} tokens: too little to split into train and val")
-    return write_split_dataset(out_dir, ids, meta)
+    report = [f"length of dataset in characters: {len(text):,}"] + _vocabulary_lines(meta, bpe, vocab)
+    cut = int(len(ids) * (1 - VAL_FRACTION))
+    write_dataset(out_dir, ids[:cut], ids[cut:], meta)  # first, then the report
+    print('\n'.join(report))
+    print(f"train has {cut:,} tokens")
+    print(f"val has {len(ids) - cut:,} tokens")
+    return ids[:cut], ids[cut:]
+
+
+def _vocabulary_lines(meta, bpe, vocab):
+    """The report's lines about the vocabulary: its characters (when new ones were chosen), its size."""
+    chars = ["all the unique characters: " + ''.join(meta['itos'][i] for i in range(meta['vocab_size']))] \
+        if not bpe and vocab is None else []
+    return chars + [f"vocab size: {meta['vocab_size']:,}"]
 
 
 def files_under(folder, patterns):
@@ -304,7 +304,7 @@ def unused_character(texts, stoi):
 
 def prepare_documents(docs, out_dir, bpe=False, vocab=None, separator=None):
     """Encode several documents ([(path, text)]) into out_dir, whole documents to each split, joined
-    there by the separator; prints the documents, characters and tokens of each split."""
+    there by the separator; then prints the documents, characters and tokens of each split."""
     texts = [t for _, t in docs]
     train_idx, val_idx = split_documents([len(t) for t in texts])
     if bpe:
@@ -326,10 +326,8 @@ def prepare_documents(docs, out_dir, bpe=False, vocab=None, separator=None):
         meta = dict({k: vocab[k] for k in ('vocab_size', 'itos', 'stoi')} if vocab is not None
                     else char_vocabulary(''.join(set(''.join(texts) + separator))), separator=separator)
         shown = repr(separator)
-    print(f"length of dataset in characters: {sum(map(len, texts)):,} ({len(docs)} documents, joined by {shown})")
-    if not bpe and vocab is None:
-        print("all the unique characters:", ''.join(meta['itos'][i] for i in range(meta['vocab_size'])))
-    print(f"vocab size: {meta['vocab_size']:,}")
+    report = [f"length of dataset in characters: {sum(map(len, texts)):,} ({len(docs)} documents, joined by {shown})"]
+    report += _vocabulary_lines(meta, bpe, vocab)
     splits = {}
     for split, idx in (('train', train_idx), ('val', val_idx)):
         if bpe:
@@ -338,9 +336,10 @@ def prepare_documents(docs, out_dir, bpe=False, vocab=None, separator=None):
                                      dtype=np.uint16)
         else:
             splits[split] = char_ids(separator.join(texts[i] for i in idx), meta['stoi'])
-        print(f"{split} has {len(splits[split]):,} tokens ({len(idx):,} document{'s' * (len(idx) != 1)}, "
-              f"{sum(len(texts[i]) for i in idx):,} characters)")
+        report.append(f"{split} has {len(splits[split]):,} tokens ({len(idx):,} document{'s' * (len(idx) != 1)}, "
+                      f"{sum(len(texts[i]) for i in idx):,} characters)")
     write_dataset(out_dir, splits['train'], splits['val'], meta)
+    print('\n'.join(report))  # after writing: a console that cannot print a line never costs the dataset
     return splits['train'], splits['val']
 
 
@@ -389,22 +388,16 @@ def main(argv=None):
     else:
         prepare_documents(docs, out_dir, bpe=bpe, vocab=vocab, separator=args.separator)
     dataset = out_dir if args.dest else name
-    print(f"wrote {out_dir}; train with: python train.py config/train_shakespeare_char_cpu.py "
-          f"--dataset={dataset} --out_dir=out-{name}")
+    print(f"wrote {out_dir}; train with: " + command('python', 'train.py', 'config/train_shakespeare_char_cpu.py',
+                                                     f'--dataset={dataset}', f'--out_dir=out-{name}'))
     if args.vocab:
         print(f"or finetune a model trained on {args.vocab}: add --init_from=<its out_dir>")
 
 
 def run(main_fn):
-    """Run a prepare script's main with one-line errors (exit 2) instead of tracebacks."""
-    try:
-        main_fn()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted; no partial files were left behind", file=sys.stderr)
-        sys.exit(130)
+    """Run a prepare script's main as every command runs (errors.run_cli): one-line errors (exit 2)
+    instead of tracebacks, output safe for any console and for a reader that goes away."""
+    run_cli(main_fn, interrupted="interrupted; no partial files were left behind")
 
 
 if __name__ == '__main__':

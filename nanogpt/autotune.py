@@ -230,6 +230,7 @@ def measure_and_choose(model, batch_size, dtype, compile, run_steps, budget_s=No
 
 
 def _measure_and_choose(model, batch_size, dtype, compile, run_steps, budget_s, compile_ok, log):
+    dtype_setting = dtype
     device = next(model.parameters()).device
     keys = candidates(model, dtype, device.type)
     cache = load_cache()
@@ -287,8 +288,11 @@ def _measure_and_choose(model, batch_size, dtype, compile, run_steps, budget_s, 
     use_compile = compiled_model is not None
     written_out_attention = not use_compile and best.endswith(WRITTEN_OUT)
     why = "fastest measured" if len(times) > 1 else "the only candidate"
+    given = [name for name, setting in (('dtype', dtype_setting), ('compile', compile)) if setting != 'auto']
+    how = f"auto: {why}" if not given else f"{' and '.join(given)} given" + (
+        f"; {'compile' if given == ['dtype'] else 'dtype'} auto: {why}" if len(given) == 1 else "")
     log(f"using dtype: {dtype}, compile: {use_compile}" + (", attention written out" if written_out_attention else "")
-        + f" (auto: {why})")
+        + f" ({how})")
     step_s = times.get((dtype, True)) if use_compile else (eager.get(best) if eager else None)
     return Choice(dtype, written_out_attention, use_compile, compiled_model, step_s)
 
@@ -310,9 +314,12 @@ def choose_dtype_and_compile(model, batch_size, dtype, compile, device_type, dev
     `model` may be None where nothing is measured (will_measure() is False)."""
     devices.check_compile_setting(compile)
     measure = will_measure(dtype, compile, device_type, fsdp)
+    dtype_given = dtype != 'auto'
     if dtype != 'auto' or device_type != 'cpu' or not measure:
         dtype = devices.resolve_dtype(dtype, device_type, device=device)
     if not measure:
+        if dtype_given:  # an auto dtype printed its line as it was resolved
+            print(f"using dtype: {dtype} (given)")
         return Choice(dtype, False, devices.resolve_compile(compile, device_type), None, None)
     why_not = devices.compile_unavailable(device_type)
     if why_not and compile is True:

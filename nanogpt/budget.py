@@ -28,6 +28,9 @@ class TimeBudget:
     process takes the cores, an evaluation measured before takes several times as long. So its
     reserve is the last measured evaluation and save, scaled by how much slower the recent
     iterations run than the ones just before that evaluation (`slowdown()`), never scaled down.
+    A slowdown that begins during the closing evaluation itself shows in no iteration: there
+    `forwards_that_fit()` says how many more of its batches fit, and the evaluation stops early
+    (control.ClosingEvaluation) rather than run past the budget.
     """
 
     MARGIN = 0.01  # of the budget, kept free for printing, closing files and exiting
@@ -43,6 +46,10 @@ class TimeBudget:
         self.spent_before = float(spent)  # by the runs this one resumes
         self.start = start  # spent() at the first training iteration of the first run
         self._eval_s = self.save_s = None  # the last measured durations
+        # what else the closing work holds, at the pace of the last measurement: the sample printed
+        # after an evaluation (watch.EvalSample; a guess until one is measured) and what the run
+        # does after its last save (watch.LossPlot's drawing); 0 where the run does neither
+        self.sample_s = self.end_s = 0.0
         self.eval_pace = None  # recent_s when that evaluation ran (or, after step 0's, once known)
         self.save_guess_s = 1.0
         self.iter_times = IterationTimes()  # this process's
@@ -93,6 +100,19 @@ class TimeBudget:
         """Seconds the next iteration is expected to take: the usual pace, or the recent one if slower."""
         return max(self.iter_s or 0.0, self.recent_s or 0.0)
 
+    def check_start(self, micro_step_s, eval_iters, grad_accum):
+        """At the loop's start: one line when what is left cannot hold one iteration and one
+        evaluation at the pace autotune.py measured (micro_step_s seconds per micro-step; None
+        where nothing was measured, and nothing is known yet). The run then overruns its budget."""
+        if not micro_step_s:
+            return
+        iteration = micro_step_s * grad_accum
+        need = iteration + evaluation_s(iteration, 2 * eval_iters, grad_accum)
+        if self.left() < need:
+            warn_once(f"time_budget={self.seconds:g}s leaves {self.left():.1f}s, less than one iteration and "
+                      f"one evaluation (about {need:.1f}s at the measured pace): the run will take longer than "
+                      f"its budget; give a larger --time_budget, or a smaller --eval_iters or model")
+
     def spent(self):
         return self.spent_before + self.clock() - self.t0
 
@@ -114,17 +134,35 @@ class TimeBudget:
             return 1.5 * evaluation_s(self.next_iter_s(), 2 * eval_iters, grad_accum)
         return 0.0
 
+    def after_eval_s(self, slowdown=None):
+        """Seconds the closing work needs after its evaluation: the sample, the save and the run's
+        end, at `slowdown` times their measured pace (default: slowdown()), and the margin."""
+        save = self.save_s if self.save_s is not None else self.save_guess_s
+        slowdown = self.slowdown() if slowdown is None else slowdown
+        return (self.sample_s + save + self.end_s) * slowdown + self.MARGIN * self.seconds
+
     def reserve(self, eval_iters, grad_accum):
         """Seconds the closing evaluation, the save and the exit need."""
-        save = self.save_s if self.save_s is not None else self.save_guess_s
-        return self.eval_estimate(eval_iters, grad_accum) + save * self.slowdown() + self.MARGIN * self.seconds
+        return self.eval_estimate(eval_iters, grad_accum) + self.after_eval_s()
 
     def must_close(self, eval_due, eval_iters, grad_accum):
         need = self.next_iter_s() + self.reserve(eval_iters, grad_accum)
-        if eval_due:  # an evaluation (and maybe a save) before that iteration
-            need += self.eval_estimate(eval_iters, grad_accum) + (self.save_s or 0.0) * self.slowdown()
+        if eval_due:  # an evaluation, its sample and maybe a save before that iteration
+            need += self.eval_estimate(eval_iters, grad_accum) + (self.sample_s + (self.save_s or 0.0)) * self.slowdown()
         self.closed = self.left() < need
         return self.closed
+
+    def forwards_that_fit(self, elapsed, done, total):
+        """During the closing evaluation, after `done` of its `total` forwards (both splits) took
+        `elapsed` seconds: how many more fit before the time the rest of the closing work needs
+        (after_eval_s), at this evaluation's own pace. A machine that slowed down during the
+        evaluation shows it there first, so the save and the rest are scaled by this evaluation's
+        pace against the last measured one's, where that is slower than the iterations say."""
+        pace = elapsed / done
+        slowdown = self.slowdown()
+        if self._eval_s:
+            slowdown = max(slowdown, pace / (self._eval_s / total))
+        return max(0, int((self.left() - self.after_eval_s(slowdown)) / pace))
 
     def progress(self, eval_iters, grad_accum):
         start = self.start if self.start is not None else self.spent()

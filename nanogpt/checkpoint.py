@@ -18,6 +18,7 @@ import torch
 
 from . import devices, files
 from .errors import UserError, warn_once
+from .shell import command
 
 __all__ = ['ARCH_KEYS', 'KEPT_ARCH_KEYS', 'save_checkpoint', 'load_checkpoint', 'init_checkpoint_path', 'init_source',
            'finetune_start', 'clean_state_dict', 'model_from_checkpoint', 'random_state_to_save',
@@ -138,6 +139,14 @@ def _unreadable(path, e):
     return f"{path} is not a checkpoint ({what}): {reason}"
 
 
+def first_model_recipe():
+    """The command that trains a first model on this machine: the GPU recipe where there is a CUDA
+    GPU, the five-minute CPU recipe elsewhere (the GPU recipe takes hours on a CPU)."""
+    if torch.cuda.is_available():
+        return "python train.py config/train_shakespeare_char.py (writes out-shakespeare-char)"
+    return "python train.py config/train_shakespeare_char_cpu.py (writes out-shakespeare-char-cpu, in five minutes)"
+
+
 def load_checkpoint(path, device='cpu'):
     """Load a ckpt.pt with weights_only=True, with one-line errors. weights_only rebuilds only
     tensors and plain Python values: a checkpoint naming any other class or function (the way a
@@ -147,9 +156,9 @@ def load_checkpoint(path, device='cpu'):
         if os.path.basename(path) == 'ckpt.pt' and os.path.exists(os.path.join(d, 'last.pt')):
             raise UserError(f"no checkpoint at {path} yet: {d} holds only last.pt, the training state of a run "
                             f"stopped before its first evaluation or whose evaluations never beat the untrained "
-                            f"model's; continue it with: python train.py --init_from=resume --out_dir={d}")
-        raise UserError(f"no checkpoint at {path}: train one first, e.g. "
-                        f"python train.py config/train_shakespeare_char.py")
+                            f"model's; continue it with: "
+                            + command('python', 'train.py', '--init_from=resume', f'--out_dir={d}'))
+        raise UserError(f"no checkpoint at {path}: train one first, e.g. {first_model_recipe()}")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:

@@ -9,6 +9,10 @@ it is a unit of its own:
                          errors that name it (a diverged run, out of memory)
     RunRecord            the losses and evaluations train() returns, and the closing summary
     AddedEvaluation      the batch stream put back after the evaluation a run adds at its end
+    ClosingEvaluation    a budgeted run's closing evaluation, cut short when the budget's end
+                         comes during it
+    watch.EvalSample     the sample printed after each evaluation (sample_every_eval)
+    watch.LossPlot       out_dir/loss.png, drawn when the run ends
     progress.RunEstimate what the run will cost; progress.LoopPhases what the heartbeat says
     metrics.Metrics      the console lines and metrics.jsonl
 
@@ -19,18 +23,20 @@ from its first line to its last.
 import functools
 import math
 import os
-import shlex
 import time
 
 import torch
 import torch.distributed as dist
 
 from . import checkpoint, distributed, memory, progress
+from .watch import EvalSample, LossPlot
 from .errors import UserError
+from .shell import command
 from .metrics import Metrics
 from .signals import StopSignals
 
-__all__ = ['watched', 'RunControl', 'StopOrClose', 'Checkpoints', 'RunRecord', 'AddedEvaluation']
+__all__ = ['watched', 'RunControl', 'StopOrClose', 'Checkpoints', 'RunRecord', 'AddedEvaluation',
+           'ClosingEvaluation']
 
 
 def watched(train):
@@ -129,8 +135,8 @@ class Checkpoints:
         if self.last_good is None:
             fix = f"no checkpoint was saved; start again with a lower learning rate, e.g. {lower}"
         else:
-            fix = (f"{self.untouched()}; resume from it with a lower learning rate: python train.py "
-                   f"--init_from=resume --out_dir={shlex.quote(c.out_dir)} {lower}")
+            fix = (f"{self.untouched()}; resume from it with a lower learning rate: "
+                   + command('python', 'train.py', '--init_from=resume', f'--out_dir={c.out_dir}', *lower.split()))
         if self.run.dtype != 'float32':
             fix += " (or --dtype=float32)"
         return UserError(f"{what}: training diverged; {unsaved}{fix}")
@@ -181,6 +187,55 @@ class AddedEvaluation:
             self.cpu_state = None
 
 
+class ClosingEvaluation:
+    """A budgeted run's closing evaluation when the budget's end comes during it: the machine
+    slowed down after the closing reserve was last measured, so the evaluation would run past the
+    budget. After each forward it asks the budget how many more fit (TimeBudget.forwards_that_fit)
+    and, when fewer than it has left, ends its splits early: the train split keeps half of all
+    that fit, the val split the rest, each at least one batch. The losses are the means over the
+    batches done; the step line keeps its format, and note() is the line after it that says over
+    how many. Under torchrun process 0's clock decides for all (one all_reduce per forward, in
+    this evaluation only)."""
+
+    def __init__(self, c, run, budget):
+        self.c, self.run, self.budget = c, run, budget
+        self.active, self.began, self.kept = False, None, {}
+
+    def start(self, closing):
+        """An evaluation may begin: the closing one (closing=True) watches the budget."""
+        self.active = closing and self.budget is not None
+        self.began, self.kept = (self.budget.clock() if self.active else None), {}
+
+    def ends_split(self, split, k):
+        """After forward k (from 0) of `split`: whether the split ends there."""
+        if not self.active:
+            return False
+        n = self.c.eval_iters // self.run.eval_batches  # forwards per split
+        stop = False
+        if self.run.master and k + 1 < n:
+            done = k + 1 + (self.kept.get('train', n) if split == 'val' else 0)
+            left = n - (k + 1) + (n if split == 'train' else 0)
+            fit = self.budget.forwards_that_fit(self.budget.clock() - self.began, done, 2 * n)
+            if fit < left:
+                stop = k + 1 >= max(1, (done + fit) // 2) if split == 'train' else fit < 1
+        if self.run.torchrun:
+            flag = torch.tensor([float(stop)], device=self.run.device)
+            dist.all_reduce(flag)
+            stop = flag.item() > 0
+        if stop:
+            self.kept[split] = k + 1
+        return stop
+
+    def note(self):
+        """The line after a cut evaluation's step line; None when it ran in full."""
+        if not self.kept:
+            return None
+        n, eb = self.c.eval_iters // self.run.eval_batches, self.run.eval_batches
+        over = ', '.join(f"{split} loss over {self.kept.get(split, n) * eb} of {n * eb} batches"
+                         for split in ('train', 'val'))
+        return f"(the time budget ended during this evaluation: {over}; no sample)"
+
+
 class RunControl:
     """train.py's loop talks to this at a few named points. `c`: the settings; `run`: the
     settings.Run; `model`: the unwrapped GPT (for MFU); `config`: what checkpoints store;
@@ -189,12 +244,20 @@ class RunControl:
 
     def __init__(self, c, run, model, config, budget, memory_plan):
         self.c, self.run, self.budget = c, run, budget
+        if budget is not None and run.master:
+            budget.check_start(run.micro_step_s, c.eval_iters, run.grad_accum)  # a budget too short to keep
         self.signals = StopSignals.current
         self.metrics = Metrics(c, run, config, model, budget)
         self.stop_or_close = StopOrClose(c, run, budget, self.signals)
         self.checkpoints = Checkpoints(c, run, budget, memory_plan)
         self.record = RunRecord(config)
         self.added_eval = AddedEvaluation(c, budget)
+        self.closing_eval = ClosingEvaluation(c, run, budget)
+        self.sample = EvalSample(c, run, model, self.metrics)
+        self.loss_plot = LossPlot(c, run)
+        if budget is not None:  # the closing work holds these too
+            budget.sample_s = EvalSample.GUESS_S if self.sample.on else 0.0
+            budget.end_s = LossPlot.GUESS_S if self.loss_plot.drawable else 0.0
         self.estimate = progress.RunEstimate(c, run, active=budget is None and run.master and not c.eval_only)
         self.phases = progress.LoopPhases(compiling=run.compile)
         self.iter_num = None  # the iteration under way
@@ -222,34 +285,45 @@ class RunControl:
         self.work_began = time.time()
         self.phases.training(iter_num, self.local_iter_num)
         self.added_eval.before(iter_num)
-        return self.stop_or_close(iter_num, eval_due)
+        stop, closing = self.stop_or_close(iter_num, eval_due)
+        self.closing_eval.start(closing)
+        return stop, closing
 
     def schedule_iter(self, iter_num):
         return self.stop_or_close.schedule_iter(iter_num)
 
     def stopped(self, iter_num):
         print(f"stopped by signal at iter {iter_num}: training state saved to "
-              f"{os.path.join(self.c.out_dir, 'last.pt')}; continue with --init_from=resume")
+              f"{os.path.join(self.c.out_dir, 'last.pt')}; continue with "
+              + command('python', 'train.py', '--init_from=resume', f'--out_dir={self.c.out_dir}'))
 
     def eval_progress(self, split, k):
         """Called after each evaluation forward (k counts them, from 0, in each split): the
-        heartbeat says where the evaluation stands, and the estimate takes its time."""
+        heartbeat says where the evaluation stands, and the estimate takes its time. Returns
+        True where the split ends there, with the batches done (ClosingEvaluation)."""
         first, n, eb = k == 0 and split == 'train', self.c.eval_iters // self.run.eval_batches, self.run.eval_batches
         self.estimate.forward_done(time.time(), first, self.work_began, self.iter_num, self.local_iter_num)
         self.phases.evaluating(self.iter_num, split, (k + 1) * eb, n * eb, first)
+        return self.closing_eval.ends_split(split, k)
 
     def evaluated(self, iter_num, losses, lr):
-        """An evaluation's losses {'train': ..., 'val': ...}: printed and recorded; a non-finite
-        validation loss ends the run with one line."""
+        """An evaluation's losses {'train': ..., 'val': ...}: printed and recorded, with the
+        sample after it (EvalSample); a non-finite validation loss ends the run with one line."""
         eval_s = time.time() - self.work_began
         if self.budget is not None:
             self.budget.eval_s = eval_s
-        self.estimate.evaluated(eval_s, self.iter_num, self.local_iter_num)
         self.added_eval.after()
         self.metrics.eval(iter_num, losses, lr)
         self.record.evals[iter_num] = (losses['train'], losses['val'])
         if not math.isfinite(losses['val']):
             raise self.checkpoints.diverged(f"validation loss is {losses['val']} at iter {iter_num}")
+        cut = self.closing_eval.note()
+        if cut is not None:
+            print(cut)
+        sample_s = self.sample(iter_num) if cut is None else 0.0
+        if self.budget is not None and sample_s:
+            self.budget.sample_s = sample_s
+        self.estimate.evaluated(eval_s + sample_s, self.iter_num, self.local_iter_num)
         self.work_began = time.time()
 
     def save(self, name, state):
@@ -294,4 +368,5 @@ class RunControl:
                 best_file = None  # no ckpt.pt holds best_val_loss: the summary says so
             self.metrics.summary(self.record.start_iter or 0, iter_num, best_val_loss, best_file,
                                  self.checkpoints.last_good, self.record.untrained(best_val_loss))
+            self.loss_plot.draw()
         return self.record.result(iter_num, best_val_loss, interrupted)

@@ -19,6 +19,7 @@ import pickle
 import numpy as np
 
 from .errors import UserError, warn_once
+from .shell import command, quote
 
 _PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # data/ is here, whatever the working directory
 GPT2_VOCAB = 50257  # GPT-2 BPE's tokens
@@ -288,13 +289,22 @@ def check_same_vocabulary(source, dataset, ckpt_path):
            else f"--vocab={source}" if 'tokenizer' in old else f"the tokenizer that made {source}")
     raise UserError(f"the dataset {dataset!r} does not number its tokens as {source!r}, which {ckpt_path} was "
                     f"trained on ({detail}): prepare your text with that vocabulary, e.g. "
-                    f"python data/prepare_text.py <your files> {how}")
+                    f"python data/prepare_text.py <your files> {quote(how) if how.startswith('--') else how}")
 
 
 def meta_vocab_size(data_dir):
-    """The vocab_size in data_dir/meta.pkl, None without one (GPT-2's vocabulary)."""
+    """The vocab_size in data_dir/meta.pkl; None without one (GPT-2's vocabulary, nanoGPT's rule),
+    said in one line with the largest token id in train.bin: a character dataset that lost its
+    meta.pkl shows ids far below GPT-2's."""
     meta_path = os.path.join(data_dir, 'meta.pkl')
     if not os.path.exists(meta_path):
+        train_bin = os.path.join(data_dir, 'train.bin')
+        if os.path.exists(train_bin) and os.path.getsize(train_bin) >= 2:
+            top, exact = largest_token_id(np.memmap(train_bin, dtype=np.uint16, mode='r'))
+            lost = ("; ids this small suggest a character dataset that lost its meta.pkl: prepare it again"
+                    if top < _FEW_FOR_GPT2 else "")
+            print(f"no meta.pkl in {data_dir}: GPT-2's vocabulary assumed; the largest token id in train.bin"
+                  f"{'' if exact else ' (sampled)'} is {top}{lost}")
         return None
     vocab_size = load_meta(meta_path)['vocab_size']
     print(f"found vocab_size = {vocab_size} (inside {meta_path})")
@@ -304,17 +314,36 @@ def meta_vocab_size(data_dir):
 def _prepare_hint(dataset):
     script = os.path.join(dataset_dir(dataset), 'prepare.py')
     if os.path.exists(script):
-        return f"python {os.path.relpath(script)}"
+        return command('python', os.path.relpath(script))
     if dataset_dir(dataset) == os.path.abspath(dataset):  # a directory path, not a name
-        return f"python data/prepare_text.py <your text file> --dest={dataset}"
-    return f"python data/prepare_text.py <your text file> --name={dataset}"
+        return f"python data/prepare_text.py <your text file> {quote(f'--dest={dataset}')}"
+    return f"python data/prepare_text.py <your text file> {quote(f'--name={dataset}')}"
+
+
+_FEW_FOR_GPT2 = 1000  # GPT-2's BPE text uses ids in the tens of thousands; characters stay well below this
+_EXACT_UP_TO = 200_000_000  # tokens scanned whole; a bigger train.bin (openwebtext: 9B) is sampled
+
+
+def largest_token_id(data):
+    """(the largest token id in `data`, a uint16 memmap; whether every token was read): a full
+    scan for small files, a strided sample for huge ones."""
+    if len(data) <= _EXACT_UP_TO:
+        return int(data.max()), True
+    return int(data[::997].max()), False
+
+
+def check_dataset(data_dir, dataset):
+    """Stop with one line where data_dir lacks train.bin or val.bin, naming the command that makes them."""
+    for split in ('train', 'val'):
+        path = os.path.join(data_dir, f'{split}.bin')
+        if not os.path.exists(path):
+            raise UserError(f"missing {path}: prepare the dataset first with: {_prepare_hint(dataset)}")
 
 
 def open_split(data_dir, split, dataset, block_size, vocab_size):
     """Memory-map data/<dataset>/<split>.bin (uint16 token ids) after checking it is usable."""
+    check_dataset(data_dir, dataset)
     path = os.path.join(data_dir, f'{split}.bin')
-    if not os.path.exists(path):
-        raise UserError(f"missing {path}: prepare the dataset first with: {_prepare_hint(dataset)}")
     size = os.path.getsize(path)
     if size % 2:
         raise UserError(f"{path} has an odd length ({size} bytes): it is not uint16 tokens "
@@ -323,8 +352,7 @@ def open_split(data_dir, split, dataset, block_size, vocab_size):
         raise UserError(f"{path} holds {size // 2} tokens, fewer than block_size+1 = {block_size + 1}: "
                         f"use a smaller --block_size or more data")
     data = np.memmap(path, dtype=np.uint16, mode='r')
-    # full scan for small files, a strided sample for huge ones (openwebtext is 9B tokens)
-    top = int(data.max()) if len(data) <= 200_000_000 else int(data[::997].max())
+    top = largest_token_id(data)[0]
     if top >= vocab_size:
         raise UserError(f"{path} contains token id {top}, not below the model's vocab_size {vocab_size}: "
                         f"the data and meta.pkl / vocab_size do not match; re-run {_prepare_hint(dataset)}")

@@ -2,20 +2,36 @@
 What a training run reports: the evaluation lines ('step N: train loss ...') and iteration lines
 ('iter N: loss ..., mfu ...') it prints, the same numbers as one JSON line per event in
 out_dir/metrics.jsonl (plot.py draws them; a resumed run appends), wandb with wandb_log, and the
-closing summary. Under torchrun rank 0 alone writes files (the other ranks print to /dev/null).
+closing summary (the best validation loss in bits per character or token, bits_per), and the
+samples printed after evaluations (watch.EvalSample). Under torchrun rank 0 alone writes files (the other ranks print to /dev/null).
 """
 
 import json
+import math
 import os
 import time
 
 from . import devices
+from .data import dataset_meta
 from .errors import warn_once
+from .shell import command
 
 
 def format_duration(s):
     s = max(0, int(round(s)))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def bits_per(loss, dataset):
+    """A loss in nats as bits per token, the unit of the char-level literature: '2.096 bits per
+    character' where the dataset's meta.pkl is a character vocabulary, else '... per token'."""
+    meta = dataset_meta(dataset) or {}
+    chars = 'stoi' in meta and max(map(len, meta['stoi']), default=1) == 1
+    return f"{loss / math.log(2):.3f} bits per {'character' if chars else 'token'}"
+
+
+def iterations(n):
+    return f"{n} iteration{'' if n == 1 else 's'}"
 
 
 class Metrics:
@@ -66,6 +82,15 @@ class Metrics:
             self.wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'],
                             "lr": lr, "mfu": self.running_mfu * 100})
 
+    def sample(self, iter_num, start, text, seconds):
+        """A sample drawn after the evaluation at iter_num (watch.EvalSample): the prompt `start`
+        and the `text` that followed it, printed under a header and framed line by line, so that no
+        line of it reads as a console line."""
+        print(f"  sample at step {iter_num}:")
+        for line in (start + text).strip('\n').split('\n'):
+            print(f"  | {line}")
+        self.write(event='sample', iter=iter_num, start=start, text=text, time_ms=seconds * 1000)
+
     def iteration(self, iter_num, local_iter_num, lossf, lr, dt, grad_norm, time_left=None):
         """An iteration of dt seconds (the local_iter_num-th of this process) that ended with
         the loss lossf; grad_norm: the gradients' norm before clipping; time_left: seconds the
@@ -89,21 +114,23 @@ class Metrics:
         best_val_loss, or None; last_good: (path, iteration) of the newest checkpoint, or None;
         untrained: best_val_loss is the evaluation of iteration 0, before any training."""
         c, budget = self.c, self.budget
-        best = f"best val loss {best_val_loss:.4f}"
+        best = f"best val loss {best_val_loss:.4f} ({bits_per(best_val_loss, c.dataset)})"
         if best_file is None:
             best += " (iteration 0's, the untrained model's: not saved)" if untrained else " (not saved)"
-        if budget is not None:
-            print(f"done: {iter_num - start_iter} iterations fitted in the {format_duration(c.time_budget)} budget "
+        if budget is not None and budget.closed:  # the budget ended the run, not max_iters
+            print(f"done: {iterations(iter_num - start_iter)} fitted in the {format_duration(c.time_budget)} budget "
                   f"({format_duration(budget.spent())} used, {iter_num} in all), {best}")
         else:
-            print(f"done: {iter_num} iterations in {format_duration(time.time() - self.t_start)}, {best}")
+            used = f" (max_iters reached, {format_duration(budget.spent())} of the {format_duration(c.time_budget)} " \
+                   f"budget used)" if budget is not None else ""
+            print(f"done: {iterations(iter_num)} in {format_duration(time.time() - self.t_start)}{used}, {best}")
         if best_file is not None:
-            print(f"best model: {best_file}; sample from it with: python sample.py --out_dir={c.out_dir}")
+            print(f"best model: {best_file}; sample from it with: {command('python', 'sample.py', f'--out_dir={c.out_dir}')}")
         elif last_good is not None:
             print(f"no best model: no evaluation improved on that loss, so ckpt.pt was not written; the "
                   f"training state is in {last_good[0]} (iteration {last_good[1]}): continue with a lower "
-                  f"learning rate, e.g. python train.py --init_from=resume --out_dir={c.out_dir} "
-                  f"--learning_rate={c.learning_rate / 2:g}")
+                  f"learning rate, e.g. " + command('python', 'train.py', '--init_from=resume', f'--out_dir={c.out_dir}',
+                                                    f'--learning_rate={c.learning_rate / 2:g}'))
         else:
             longer = f"a larger --time_budget than {c.time_budget:g}" if budget is not None else "--max_iters=1 or more"
             print(f"nothing was saved: a run saves at its evaluations after iteration 0; give it {longer}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from . import checkpoint, devices, distributed
+from .data import check_dataset, dataset_dir
 from .errors import UserError
 from .optim import resolve_optimizer
 
@@ -97,6 +98,7 @@ def check_settings(c, defaults):
                         f"(e.g. --time_budget=300)")
     if c.init_from not in ('scratch', 'resume'):
         _check_init_from(c.init_from, c.out_dir)
+    check_dataset(dataset_dir(c.dataset), c.dataset)  # before out_dir is made: a missing one leaves nothing behind
 
 
 def _check_init_from(init_from, out_dir):

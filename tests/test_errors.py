@@ -14,11 +14,9 @@ import pytest
 import torch
 
 from nanogpt.errors import UserError
-from conftest import PROJECT, make_char_dataset, run_script, tiny_args
+from conftest import ONE_THREAD, PROJECT, make_char_dataset, run_script, tiny_args
 import sample
 import train
-
-ONE_THREAD = {'OMP_NUM_THREADS': '1'}
 
 
 IN_PROCESS = {'missing val.bin, named prepare script', 'empty file', 'meta.pkl not a pickle', 'block_size -1',
@@ -270,4 +268,4 @@ def test_bad_init_from_checkpoint(case, trained, dataset, tmp_path):
     overrides.setdefault('dataset', dataset)
     check(case, 'train.py', tiny_args(init_from=init_from, **overrides), expected)
     if case == 'init_from in its own out_dir':
-        assert sorted(os.listdir(trained)) == ['ckpt.pt', 'metrics.jsonl', 'train.lock']  # nothing written over
+        assert sorted(os.listdir(trained)) == ['ckpt.pt', 'loss.png', 'metrics.jsonl', 'train.lock']  # nothing written over

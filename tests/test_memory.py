@@ -13,14 +13,15 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from conftest import run_script, tiny_args
+from conftest import ONE_THREAD, run_script, sha, tiny_args
 from model import GPT, GPTConfig
 from nanogpt import cpu, memory
 from nanogpt.data import meta_vocab_size
 from nanogpt.errors import UserError
 from nanogpt.optim import build_optimizer
-from test_reliability import ONE_THREAD, one_thread, sha  # noqa: F401 (one_thread: autouse fixture)
 import train
+
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 class LiveBytes(TorchDispatchMode):

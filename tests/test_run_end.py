@@ -8,17 +8,14 @@ import json
 import os
 import re
 
+import pytest
 import torch
 
-from conftest import run_script, tiny_args
+from conftest import ONE_THREAD, read_metrics, read_until, run_script, start_training, tiny_args
 from nanogpt import checkpoint
-from test_reliability import ONE_THREAD, one_thread, read_until, start_training  # noqa: F401 (autouse fixture)
 import train
 
-
-def metrics_of(out):
-    with open(os.path.join(out, 'metrics.jsonl')) as f:
-        return [json.loads(line) for line in f]
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # ---- every run ends with a model ----------------------------------------------------------------
@@ -66,7 +63,7 @@ def test_summary_says_when_nothing_was_saved(char_dataset, tmp_path, capsys):
     assert "(iteration 0's, the untrained model's: not saved)" in stdout and '\nbest model:' not in stdout
     assert f'the training state is in {out}/last.pt (iteration 3)' in stdout
     assert f'python train.py --init_from=resume --out_dir={out} --learning_rate=0.15' in stdout
-    assert sorted(os.listdir(out)) == ['last.pt', 'metrics.jsonl', 'train.lock']
+    assert sorted(os.listdir(out)) == ['last.pt', 'loss.png', 'metrics.jsonl', 'train.lock']  # loss.png: tests/test_watch.py
 
 
 # ---- one run per out_dir --------------------------------------------------------------------------
@@ -111,13 +108,13 @@ def test_gradient_norm_is_logged_before_clipping(char_dataset, tmp_path, capsys)
     assert len(lines) == 4
     assert all(re.match(r'iter \d+: loss \d+\.\d{4}, time \d+\.\d\dms, mfu -?\d+\.\d\d%, grad norm \d', line)
                for line in lines), lines
-    clipped = [e['grad_norm'] for e in metrics_of(out) if e['event'] == 'iter']
+    clipped = [e['grad_norm'] for e in read_metrics(out) if e['event'] == 'iter']
     assert len(clipped) == 4 and all(g > 0.01 for g in clipped)  # the norm before clipping to 0.01
     # without clipping the norm is measured, and the training is the original's: the same losses
     # as a run that clips at a norm it never reaches
     free = train.main(tiny_args(str(tmp_path / 'free'), char_dataset, max_iters=3, grad_clip=0.0))
     loose = train.main(tiny_args(str(tmp_path / 'loose'), char_dataset, max_iters=3, grad_clip=1e9))
     assert free['losses'] == loose['losses']
-    norms = [e['grad_norm'] for e in metrics_of(str(tmp_path / 'free')) if e['event'] == 'iter']
-    assert norms == [e['grad_norm'] for e in metrics_of(str(tmp_path / 'loose')) if e['event'] == 'iter']
+    norms = [e['grad_norm'] for e in read_metrics(str(tmp_path / 'free')) if e['event'] == 'iter']
+    assert norms == [e['grad_norm'] for e in read_metrics(str(tmp_path / 'loose')) if e['event'] == 'iter']
     assert norms[0] == clipped[0]  # iteration 0: the same gradients, clipped or not
