@@ -38,7 +38,7 @@ import torch
 
 from configurator import apply_overrides, settings_of
 from model import CONV1D_WEIGHTS
-from nanogpt import devices
+from nanogpt import devices, files
 from nanogpt.checkpoint import clean_state_dict, load_checkpoint
 from nanogpt.data import GPT2_PADDED_VOCAB, GPT2_VOCAB
 from nanogpt.errors import UserError, run_cli
@@ -178,9 +178,13 @@ def export(c):
         hf.save_pretrained(tmp)
         if tok is not None:
             tok.save_pretrained(tmp)
-        if os.path.isdir(target):
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        try:
+            if os.path.isdir(target):
+                shutil.rmtree(target)
+            files.replace(tmp, target)
+        except PermissionError as e:  # on Windows, mostly: a program holds a file of the old export open
+            raise UserError(f"cannot replace {target}: {e.strerror}; close the program that uses it, or "
+                            f"export to another --hf_dir") from None
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp)

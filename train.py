@@ -35,7 +35,7 @@ import torch
 
 from configurator import apply_overrides, given_settings, resumed_settings, settings_of
 from model import GPT, GPTConfig
-from nanogpt import autotune, checkpoint, cpu, distributed, memory, runs, settings
+from nanogpt import autotune, checkpoint, cpu, distributed, memory, outdir, runs, settings
 from nanogpt.budget import start_budget
 from nanogpt.control import RunControl, watched
 from nanogpt.data import GPT2_PADDED_VOCAB, GPT2_VOCAB, dataset_dir, meta_vocab_size, open_split
@@ -90,7 +90,7 @@ warmup_iters = 2000
 lr_decay_iters = 600000  # ~ max_iters (Chinchilla)
 min_lr = 6e-5  # ~ learning_rate / 10 (Chinchilla)
 # distributed
-backend = 'auto'  # 'nccl' on CUDA, 'gloo' on CPU
+backend = 'auto'  # 'nccl' on CUDA, 'gloo' on CPU and on Windows
 fsdp = False  # shard parameters, gradients and optimizer state across ranks (FSDP2)
 # system: 'auto' picks the best for this machine and says why
 device = 'auto'  # 'cpu', 'cuda', 'cuda:0', 'mps'
@@ -202,7 +202,7 @@ def train(c, given=None, t0=None):
     run = settings.resolve_run(c)  # torchrun's processes, the device, the optimizer, micro-steps per process
     budget = start_budget(c, ckpt, t0)  # None without a time budget
     if run.master:
-        settings.check_out_dir(c.out_dir, lock=not c.eval_only)  # and take it: one training run per out_dir
+        outdir.check_out_dir(c.out_dir, lock=not c.eval_only)  # and take it: one training run per out_dir
     torch.manual_seed(c.seed + run.rank)
     torch.backends.cuda.matmul.allow_tf32 = True  # tf32 matmuls on Ampere and later: much faster, fine for training
     torch.backends.cudnn.allow_tf32 = True
@@ -333,7 +333,7 @@ def main(argv=None):
         raise
     finally:
         distributed.shutdown_distributed()  # after train() returned: nothing but torch holds the group
-        settings.release_out_dir()  # out_dir/train.lock
+        outdir.release_out_dir()  # out_dir/train.lock
     if summary['interrupted'] is not None:
         sys.exit(128 + summary['interrupted'])
     return summary

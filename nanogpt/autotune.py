@@ -33,7 +33,7 @@ from collections import namedtuple
 
 import torch
 
-from . import cpu, devices, progress
+from . import cpu, devices, files, progress
 from .errors import warn_once
 from .signals import abandonable
 
@@ -98,14 +98,18 @@ def store(key, entry):
     path = cache_file()
     data = load_cache()
     data[key] = entry
+    tmp = f"{path}.tmp{os.getpid()}"
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, 'w') as f:
             json.dump(data, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        files.replace(tmp, path)
     except OSError as e:  # a read-only home only costs a re-measurement next time
         warn_once(f"cannot write {path} ({e.strerror}): the dtype/compile measurement is not cached")
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
 
 
 def describe_candidate(key, compiled=False):

@@ -11,17 +11,19 @@ export_hf.py read them through load_checkpoint and model_from_checkpoint.
 import os
 import pickle
 import re
+import sys
+import time
 
 import torch
 
-from . import devices
-from .errors import UserError
+from . import devices, files
+from .errors import UserError, warn_once
 from .shell import command
 
 __all__ = ['ARCH_KEYS', 'KEPT_ARCH_KEYS', 'save_checkpoint', 'load_checkpoint', 'init_checkpoint_path', 'init_source',
            'finetune_start', 'clean_state_dict', 'model_from_checkpoint', 'random_state_to_save',
            'restore_random_state', 'find_resume_checkpoint', 'NonFiniteWeights', 'write', 'load_optimizer_state',
-           'pid_alive']
+           'remove_stale_temp_files', 'STALE_TEMP_SECONDS']
 
 # model_args' keys that rebuild the architecture (GPTConfig's fields, dropout aside)
 ARCH_KEYS = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')
@@ -37,9 +39,9 @@ def _temp_prefix(path):
     return d, f".{name}.tmp"
 
 
-def pid_alive(pid):
-    """Whether process `pid` runs on this machine (POSIX; never call it on Windows, where
-    os.kill(pid, 0) would end the process)."""
+def _pid_alive(pid):
+    """Whether process `pid` runs on this machine. POSIX only: on Windows os.kill(pid, 0) would
+    end the process instead of asking about it."""
     try:
         os.kill(pid, 0)  # signal 0 only asks whether the process exists
     except ProcessLookupError:
@@ -49,11 +51,27 @@ def pid_alive(pid):
     return True
 
 
+# A save writes its temporary file without pause and renames it at once, so one that has not been
+# written to for this long belongs to a process that died while saving, wherever its pid cannot be
+# asked about (Windows) or was taken by another process since
+STALE_TEMP_SECONDS = 3600
+
+
+def _left_over(temp, pid):
+    """Whether temporary file `temp`, written by process `pid`, is one nothing will finish: this
+    process's own (a save here removes its file when it ends), a dead process's (asked where that is
+    safe: POSIX), or one not written to for STALE_TEMP_SECONDS."""
+    if pid == os.getpid() or (sys.platform != 'win32' and not _pid_alive(pid)):
+        return True
+    try:
+        return time.time() - os.path.getmtime(temp) > STALE_TEMP_SECONDS
+    except OSError:
+        return False
+
+
 def remove_stale_temp_files(path):
     """Delete temporary files that a killed process (SIGKILL, out of memory, power loss) left
     while saving `path`: nothing reads them, but each is as large as a checkpoint."""
-    if os.name == 'nt':
-        return  # os.kill(pid, 0) would terminate the process on Windows
     d, prefix = _temp_prefix(path)
     try:
         names = os.listdir(d)
@@ -61,35 +79,41 @@ def remove_stale_temp_files(path):
         return
     for name in names:
         pid = name[len(prefix):]
-        # a save in this process removes its own temporary file when it ends
-        if name.startswith(prefix) and pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
+        temp = os.path.join(d, name)
+        if name.startswith(prefix) and pid.isdigit() and _left_over(temp, int(pid)):
             try:
-                os.remove(os.path.join(d, name))
+                os.remove(temp)
             except OSError:
                 pass
 
 
 def save_checkpoint(obj, path):
     """torch.save that never leaves a half-written file: write a temporary file in the same
-    directory, fsync it, then rename over `path` (atomic on POSIX). Killed at any instant, the
-    previous file at `path` stays complete."""
+    directory, fsync it, then rename over `path` (atomic). Killed at any instant, the previous
+    file at `path` stays complete. On Windows a program reading `path` blocks the rename: it is
+    retried for a moment (files.replace), then the one line names that program as the cause."""
     d, prefix = _temp_prefix(path)
     tmp = os.path.join(d, f"{prefix}{os.getpid()}")
+    name = os.path.basename(path)
     remove_stale_temp_files(path)
     try:
         with open(tmp, 'wb') as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        files.replace(tmp, path)
+    except files.HeldOpen as e:
+        raise UserError(f"cannot write checkpoint {path}: {e.strerror}; the previous {name} is intact; close that "
+                        f"program (or keep its scans out of {d}) and continue with --init_from=resume") from None
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
         reason = getattr(e, 'strerror', None) or f"the write failed, is the disk full? ({str(e).splitlines()[0][:120]})"
-        raise UserError(f"cannot write checkpoint {path}: {reason}; the previous "
-                        f"{os.path.basename(path)} (if any) is intact; free disk space or "
-                        f"choose another --out_dir") from None
+        raise UserError(f"cannot write checkpoint {path}: {reason}; the previous {name} (if any) is intact; "
+                        f"free disk space or choose another --out_dir") from None
     finally:
-        if os.path.exists(tmp):
+        try:
             os.remove(tmp)
+        except OSError:
+            pass  # renamed into place, or never created
     try:  # make the rename itself durable
         fd = os.open(d, os.O_RDONLY)
         os.fsync(fd)
@@ -330,7 +354,10 @@ def write(state, out_dir, name):
     save_checkpoint(state, path)
     last = os.path.join(out_dir, 'last.pt')
     if name == 'ckpt.pt' and os.path.exists(last):
-        os.remove(last)  # ckpt.pt is now the latest state too
+        try:
+            files.remove(last)  # ckpt.pt is now the latest state too
+        except OSError as e:  # harmless: resume takes the newer of the two, now ckpt.pt
+            warn_once(f"cannot delete {last} ({e.strerror}), older now than {path}, which resume takes")
 
 
 def load_optimizer_state(optimizer, ckpt, kind, load=None):

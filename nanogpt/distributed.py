@@ -72,17 +72,28 @@ def init_distributed(device, backend, fsdp):
             # cores this process may use are split between the local ranks
             cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
             torch.set_num_threads(max(1, cores // local_world))
-        be = backend if backend != 'auto' else ('nccl' if device.startswith('cuda') else 'gloo')
-        if be not in ('nccl', 'gloo', 'mpi', 'ucc', 'xccl'):
-            raise UserError(f"unknown backend {be!r}: use auto, nccl (CUDA) or gloo (CPU)")
-        if be == 'nccl' and not device.startswith('cuda'):
-            raise UserError("backend nccl needs CUDA GPUs: use --backend=gloo (or auto) on CPU")
-        init_process_group(be)
+        init_process_group(_backend(backend, device))
         return ProcessPlace(True, rank, world_size, rank == 0, device)
     if fsdp:
         warn_once("fsdp=True shards the model across torchrun processes; a single process "
                   "trains unsharded (launch with torchrun --nproc_per_node=N)")
     return ProcessPlace(False, 0, 1, True, None)
+
+
+def _backend(backend, device):
+    """The process group's backend: the setting, or for 'auto' nccl on CUDA GPUs and gloo on CPUs
+    and on Windows, whose torch builds have no nccl (gloo also runs CUDA tensors' collectives, more
+    slowly)."""
+    windows = sys.platform == 'win32'
+    be = backend if backend != 'auto' else ('nccl' if device.startswith('cuda') and not windows else 'gloo')
+    if be not in ('nccl', 'gloo', 'mpi', 'ucc', 'xccl'):
+        raise UserError(f"unknown backend {be!r}: use auto, nccl (CUDA) or gloo (CPU)")
+    if be == 'nccl' and windows:
+        raise UserError("backend nccl is not in torch's Windows builds: use --backend=gloo (or auto), or WSL2 "
+                        "with Linux torch for nccl")
+    if be == 'nccl' and not device.startswith('cuda'):
+        raise UserError("backend nccl needs CUDA GPUs: use --backend=gloo (or auto) on CPU")
+    return be
 
 
 # Process 0 writes and fsyncs each checkpoint while the others wait in their next collective; for
@@ -105,6 +116,13 @@ def init_process_group(backend):
     import torch.distributed as dist
     for name in _GROUP_BINDING_MODULES:
         importlib.import_module(name)
+    if sys.platform == 'win32':
+        # torch's Windows builds have no libuv, which the store that init_process_group creates
+        # asks for by default from torch 2.4 until torch made 0 the Windows default
+        # (pytorch/pytorch#139990, #148266); USE_LIBUV=0 is torch's documented way back to the
+        # older store. A value the user set is kept. torchrun's own stores ask for libuv whatever
+        # USE_LIBUV says, and its launcher creates one before train.py runs (docs/distributed.md).
+        os.environ.setdefault('USE_LIBUV', '0')
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=PROCESS_GROUP_TIMEOUT_MINUTES))
 
 

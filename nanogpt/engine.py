@@ -18,7 +18,7 @@ each step there is a window step, the plain algorithm's forward on the last bloc
 (fixed shape too).
 
 The logits agree with the plain algorithm's to float rounding, and so do the tokens drawn from
-them; tests/test_sampling.py checks both (docs/sampling.md gives the tolerance).
+them; tests/test_engine.py checks both (docs/sampling.md gives the tolerance).
 """
 
 import contextlib

@@ -6,7 +6,7 @@ which sample.py, init_from=resume and eval_only read: the newest run, as before.
 what was kept (its iteration and validation loss) and how to delete it; keep_previous_runs=False
 writes over it, as nanoGPT does.
 
-Called on rank 0 alone, with out_dir's lock held (settings.check_out_dir), once the run has built
+Called on rank 0 alone, with out_dir's lock held (outdir.check_out_dir), once the run has built
 its model and is about to write: a run that stops during setup leaves out_dir as it found it.
 """
 
@@ -15,11 +15,12 @@ import re
 
 import torch
 
+from .outdir import HOLDER_NAME, LOCK_NAME
 from .shell import remove_folder
 
 PREVIOUS = 'previous'  # out_dir/previous/run-N/
 RUN_FILES = ('ckpt.pt', 'last.pt', 'metrics.jsonl')  # what makes an out_dir hold a run
-_KEEP_IN_PLACE = {PREVIOUS, 'train.lock'}
+_KEEP_IN_PLACE = {PREVIOUS, LOCK_NAME, HOLDER_NAME}
 
 
 def keep_previous_run(c, run):

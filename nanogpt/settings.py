@@ -1,31 +1,21 @@
 """
-train.py's settings: range checks with one-line errors (check_settings), the record of what this
-run resolved them to (Run, from resolve_run: the process's place under torchrun, the device, the
-optimizer, the micro-steps per process; autotune.py adds the dtype and compile choice), and the
-out_dir a run writes to, which one training run at a time may hold (check_out_dir,
-out_dir/train.lock). The user's settings stay as they were given: everything chosen per run and
-machine lives in the Run.
+train.py's settings: range checks with one-line errors (check_settings), and the record of what
+this run resolved them to (Run, from resolve_run: the process's place under torchrun, the device,
+the optimizer, the micro-steps per process; autotune.py adds the dtype and compile choice). The
+user's settings stay as they were given: everything chosen per run and machine lives in the Run.
+The out_dir and its lock are outdir.py's.
 """
 
-import json
 import math
 import os
-import socket
-import time
 from dataclasses import dataclass, replace
 
 import torch
 
 from . import checkpoint, devices, distributed
-from .checkpoint import pid_alive
 from .data import check_dataset, dataset_dir
-from .errors import UserError, warn_once
+from .errors import UserError
 from .optim import resolve_optimizer
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
 
 
 @dataclass(frozen=True)
@@ -152,102 +142,3 @@ def resolve_run(c):
     return Run(device=device, device_type=device_type, optimizer=optimizer, grad_accum=grad_accum,
                tokens_per_iter=tokens_per_iter, torchrun=place.torchrun, rank=place.rank, world_size=place.world_size,
                master=place.master, fsdp=sharded)
-
-
-def check_out_dir(out_dir, lock=True):
-    """Make out_dir, and find out now, not at the first checkpoint, that it cannot be written;
-    with lock=True also take out_dir/train.lock (see _lock_out_dir)."""
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, f'.write_test{os.getpid()}')
-        open(probe, 'w').close()
-        os.remove(probe)
-    except OSError as e:
-        raise UserError(f"cannot write to out_dir {out_dir!r}: {e.strerror}; choose another --out_dir")
-    if lock:
-        _lock_out_dir(out_dir)
-
-
-# ---- one training run per out_dir ---------------------------------------------------------------
-# Two runs writing into one out_dir would overwrite each other's checkpoints and metrics. A run
-# holds an exclusive flock on out_dir/train.lock while it lives (under torchrun, process 0 for
-# the group); the kernel drops the lock when the process ends, however it ends, so a lock file
-# left by a killed run binds nothing. The file holds the holder's pid, host and start time, for
-# the message. Reading (sample.py, eval_only) takes no lock.
-
-LOCK_NAME = 'train.lock'
-_held = {}  # real path of a lock file this process holds -> its open file
-
-
-def _describe_holder(text):
-    try:
-        h = json.loads(text)
-        return f"pid {h['pid']} on {h['host']}, started {h['started']}"
-    except (ValueError, KeyError, TypeError):
-        return "a process that is starting up"
-
-
-def _lock_out_dir(out_dir):
-    """Take out_dir/train.lock for this process, or stop with one line naming the live run that
-    holds it. Where the filesystem has no flock, the pid recorded in the file decides instead."""
-    path = os.path.realpath(os.path.join(out_dir, LOCK_NAME))
-    if path in _held:
-        return
-    while True:
-        f = open(path, 'a+')
-        f.seek(0)
-        previous = f.read()
-        try:
-            if fcntl is None:
-                raise OSError('no fcntl')
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            raise UserError(f"{out_dir} is in use by another training run ({_describe_holder(previous)}): "
-                            f"wait for it to end or stop it (Ctrl-C saves its last.pt), or use another "
-                            f"--out_dir; sampling and --eval_only=True may read it meanwhile") from None
-        except OSError:
-            _check_recorded_holder(out_dir, path, previous)
-        try:  # a run that ended meanwhile removes the file it locked: lock the one at the path
-            if os.path.samestat(os.fstat(f.fileno()), os.stat(path)):
-                break
-        except FileNotFoundError:
-            pass
-        f.close()
-    if previous.strip():
-        print(f"note: {os.path.join(out_dir, LOCK_NAME)} was left by a run that no longer runs "
-              f"({_describe_holder(previous)}): taking it over")
-    f.seek(0)
-    f.truncate()
-    f.write(json.dumps({'pid': os.getpid(), 'host': socket.gethostname(),
-                        'started': time.strftime('%Y-%m-%d %H:%M:%S')}) + '\n')
-    f.flush()
-    _held[path] = f
-
-
-def _check_recorded_holder(out_dir, path, previous):
-    """No flock here (Windows, some network filesystems): obey the pid in the file if it is a
-    live process on this host; a dead one is taken over."""
-    warn_once(f"cannot flock {path} on this filesystem: relying on the pid it records")
-    try:
-        h = json.loads(previous) if previous.strip() else None
-    except ValueError:
-        h = None
-    if not isinstance(h, dict) or h.get('pid') == os.getpid():
-        return
-    mine = h.get('host') == socket.gethostname()
-    if (mine and os.name != 'nt' and pid_alive(int(h['pid']))) or not mine:
-        raise UserError(f"{out_dir} is in use by another training run ({_describe_holder(previous)}): "
-                        f"wait for it to end, or use another --out_dir"
-                        + ("" if mine else f"; delete {path} if that run has ended"))
-
-
-def release_out_dir():
-    """Give up every out_dir lock this process holds (train.main calls this when a run ends)."""
-    for path, f in list(_held.items()):
-        try:
-            os.remove(path)  # before the lock goes: a waiting run then sees that its file is gone
-        except OSError:
-            pass
-        f.close()
-        del _held[path]

@@ -9,8 +9,7 @@ import torch
 
 from nanogpt import autotune
 from nanogpt import devices
-from conftest import tiny_args
-from model import GPT, GPTConfig
+from conftest import tiny_args, tiny_model
 
 
 @pytest.fixture
@@ -20,8 +19,7 @@ def cache_dir(tmp_path, monkeypatch):
 
 
 def tiny(dropout=0.1):
-    torch.manual_seed(0)
-    return GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=20, dropout=dropout))
+    return tiny_model(n_layer=1, vocab_size=20, dropout=dropout, training=True)
 
 
 def test_pick_minimises_run_time_or_maximises_steps_in_a_budget():

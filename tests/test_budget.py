@@ -2,9 +2,7 @@
 closes by itself with an evaluation and a checkpoint inside the budget, and a resumed run
 continues the clock."""
 
-import json
 import math
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -13,7 +11,7 @@ import torch
 import train
 from nanogpt import checkpoint
 from nanogpt.errors import UserError
-from conftest import run_script, tiny_args
+from conftest import read_metrics, run_script, tiny_args
 from nanogpt.budget import TimeBudget
 from train import get_lr
 
@@ -86,11 +84,6 @@ def decay_position(lr, c):
     """Where in the cosine (0..1) a learning rate lies."""
     coeff = (lr - c['min_lr']) / (c['learning_rate'] - c['min_lr'])
     return math.acos(max(-1.0, min(1.0, 2 * coeff - 1))) / math.pi
-
-
-def read_metrics(out):
-    with open(os.path.join(out, 'metrics.jsonl')) as f:
-        return [json.loads(line) for line in f]
 
 
 BUDGET_RUN = dict(max_iters=10 ** 6, lr_decay_iters=1000, warmup_iters=10, learning_rate=1e-3,

@@ -1,7 +1,7 @@
 """A budget that holds under load (issue 29, item 4): when the machine slows down during a budgeted
 run's closing evaluation, the evaluation ends its splits early with the batches done, says so in a
 line after its step line, and the run still ends inside the budget (on a fake clock: no timing
-is measured here; tests/bench_budget_under_load.py is the real run)."""
+is measured here; tests/benchmarks/bench_budget_under_load.py is the real run)."""
 
 import re
 from types import SimpleNamespace

@@ -1,29 +1,62 @@
-"""Command lines as people type them: `--key value` beside `--key=value`, a bool setting alone as
-True, in train.py, sample.py and bench.py alike; and a ckpt.pt that is not a checkpoint at all."""
+"""The configurator (configurator.py): config files and `--key=value` overrides, their types and
+their one-line errors; command lines as people type them, `--key value` beside `--key=value` and a
+bool setting alone as True, in train.py, sample.py and bench.py alike; and which settings a command
+line and its config files give (what a resumed run takes from them rather than from its checkpoint)."""
 
-import io
 import os
-import pickle
 
 import pytest
 import torch
 
-from conftest import make_char_dataset, run_script, tiny_args
+from conftest import ONE_THREAD, make_char_dataset, run_script, tiny_args
 import bench
-from nanogpt import checkpoint
-import sample
 import train
 from nanogpt.errors import UserError
 from configurator import apply_overrides, given_settings, parse_argv
 
-ONE_THREAD = {'OMP_NUM_THREADS': '1'}
 DEFAULTS = {'num_samples': 10, 'temperature': 0.8, 'stream': False, 'start': '\n', 'out_dir': 'out',
             'compile': 'auto'}
+TRAIN_LIKE = {'batch_size': 12, 'learning_rate': 6e-4, 'compile': 'auto', 'bias': False, 'out_dir': 'out',
+              'start': '\n'}
 
 
 def overrides(*argv):
     return apply_overrides(DEFAULTS, list(argv), verbose=False)
 
+
+# ---- config files and --key=value ----
+
+def test_overrides_types_and_equals_in_value():
+    c = apply_overrides(TRAIN_LIKE, ['--batch_size=32', '--learning_rate=1', '--compile=False', '--bias=True',
+                                     '--out_dir=out-x', '--start=a=b'], verbose=False)
+    assert c == {'batch_size': 32, 'learning_rate': 1.0, 'compile': False, 'bias': True,
+                 'out_dir': 'out-x', 'start': 'a=b'}
+    assert isinstance(c['learning_rate'], float)
+
+
+@pytest.mark.parametrize('arg, msg', [
+    (['--batch_sise=3'], 'did you mean batch_size'),
+    (['--batch_size=3.5'], 'batch_size must be int'),
+    (['--bias=1'], 'bias must be bool'),
+    (['--batch_size'], 'malformed argument'),
+    (['config/nope.py'], 'config file not found'),
+])
+def test_override_errors(arg, msg):
+    with pytest.raises(UserError, match=msg):
+        apply_overrides(TRAIN_LIKE, arg, verbose=False)
+
+
+def test_config_file_applies_and_rejects_unknown(tmp_path):
+    good = tmp_path / 'a.py'
+    good.write_text("import math\nbatch_size = 4 * 2\nlearning_rate = 1e-3\n")
+    assert apply_overrides(TRAIN_LIKE, [str(good)], verbose=False)['batch_size'] == 8
+    bad = tmp_path / 'b.py'
+    bad.write_text("batchsize = 4\n")
+    with pytest.raises(UserError, match="unknown setting 'batchsize'"):
+        apply_overrides(TRAIN_LIKE, [str(bad)], verbose=False)
+
+
+# ---- --key value beside --key=value ----
 
 @pytest.mark.parametrize('key, raw, expected', [
     ('num_samples', '5', 5),
@@ -98,6 +131,13 @@ def test_given_settings_count_both_forms(tmp_path):
                                                     'decay_lr'}
 
 
+def test_given_settings_include_config_file_assignments(tmp_path):
+    cfg = tmp_path / 'cfg.py'
+    cfg.write_text("import math\nbatch_size = 4\nn_layer, n_head = 2, 2\nnot_a_setting = 1\nmax_iters += 0\n")
+    assert train.given_settings([str(cfg), '--dropout=0.0'], train.DEFAULTS) == {'batch_size', 'n_layer', 'n_head', 'max_iters',
+                                                                 'dropout'}
+
+
 def test_bench_settings_in_the_space_form():
     train_config = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'config', 'train_shakespeare_char.py')
     c = bench.parse_settings(['--iters', '3', train_config, '--mode', 'sample', '--compare', '--warmup', '0'])
@@ -146,66 +186,3 @@ def test_sample_command_from_the_issue(trained_space_form):
     lines = r.stdout.splitlines()
     assert lines.count('-' * 15) == 2 and lines[-1] == '-' * 15  # two samples, each followed by its dashes
     assert sum(line.startswith('ROMEO:') for line in lines) >= 2, r.stdout  # each sample begins with the prompt
-
-
-# ---- a ckpt.pt that is not a checkpoint ----
-
-def write_ckpt(tmp_path, data):
-    out = tmp_path / 'out'
-    out.mkdir(exist_ok=True)
-    (out / 'ckpt.pt').write_bytes(data)
-    return str(out / 'ckpt.pt')
-
-
-@pytest.mark.parametrize('data, shown', [
-    (b'ROMEO: what light\nthrough yonder window\n', "(it starts with b'ROMEO: what "),
-    (b'12345\n', "(it starts with b'12345\\n'"),
-    (b'', '(the file is empty)'),
-    (bytes(range(256)) * 4, "(it starts with b'\\x00\\x01"),
-    (pickle.dumps({'model': {}, 'model_args': {}}), "(it starts with b'\\x80"),  # a pickle, not torch.save's zip
-])
-@pytest.mark.filterwarnings('ignore:Detected pickle protocol')  # torch's note on the bare pickle
-def test_a_file_that_is_not_a_checkpoint_says_so(tmp_path, data, shown):
-    path = write_ckpt(tmp_path, data)
-    with pytest.raises(UserError) as e:
-        checkpoint.load_checkpoint(path)
-    message = str(e.value)
-    assert message.startswith(f'{path} is not a checkpoint {shown}'), message
-    assert '\n' not in message and 'could run code' not in message and 'refusing' not in message
-
-
-def test_sample_on_a_text_ckpt_pt_says_not_a_checkpoint(tmp_path):
-    path = write_ckpt(tmp_path, b'hello, this is a text file\n')
-    with pytest.raises(UserError, match=r'ckpt\.pt is not a checkpoint \(it starts with'):
-        sample.main(['--out_dir', os.path.dirname(path), '--device', 'cpu'])
-
-
-def test_a_truncated_checkpoint_is_corrupt_not_malicious(tmp_path):
-    buf = io.BytesIO()
-    torch.save({'model': {'w': torch.zeros(64)}, 'model_args': {}}, buf)
-    path = write_ckpt(tmp_path, buf.getvalue()[:-100])
-    with pytest.raises(UserError, match=r'ckpt\.pt is not a loadable checkpoint \(truncated or corrupt\?\)') as e:
-        checkpoint.load_checkpoint(path)
-    assert 'could run code' not in str(e.value)
-
-
-class _Planted:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.path}',))
-
-
-def test_a_pickle_that_runs_code_is_still_refused(tmp_path):
-    planted = tmp_path / 'PWNED'
-    buf = io.BytesIO()
-    torch.save({'model': {}, 'model_args': {}, 'extra': _Planted(planted)}, buf)
-    path = write_ckpt(tmp_path, buf.getvalue())
-    with pytest.raises(UserError, match=r'refusing to load .*ckpt\.pt: it holds a pickled Python object '
-                                        r'\(posix\.system\) that could run code'):
-        checkpoint.load_checkpoint(path)
-    path = write_ckpt(tmp_path, pickle.dumps(_Planted(planted), protocol=2))  # a bare pickle naming it too
-    with pytest.raises(UserError, match=r'refusing to load .*\(posix\.system\) that could run code'):
-        checkpoint.load_checkpoint(path)
-    assert not planted.exists()

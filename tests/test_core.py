@@ -1,49 +1,18 @@
-"""The core: configurator rules, the model's basic contract, and the three user commands end to end."""
+"""The core: the model's basic contract; train.py's batches (get_batch), evaluation and training;
+and the three user commands end to end. The configurator: tests/test_configurator.py."""
 
 import contextlib
 import math
 import os
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import run_script, tiny_args
-from nanogpt.errors import UserError
-from configurator import apply_overrides
 from model import GPT, GPTConfig
-
-DEFAULTS = {'batch_size': 12, 'learning_rate': 6e-4, 'compile': 'auto', 'bias': False, 'out_dir': 'out',
-            'start': '\n'}
-
-
-def test_overrides_types_and_equals_in_value():
-    c = apply_overrides(DEFAULTS, ['--batch_size=32', '--learning_rate=1', '--compile=False', '--bias=True',
-                                   '--out_dir=out-x', '--start=a=b'], verbose=False)
-    assert c == {'batch_size': 32, 'learning_rate': 1.0, 'compile': False, 'bias': True,
-                 'out_dir': 'out-x', 'start': 'a=b'}
-    assert isinstance(c['learning_rate'], float)
-
-
-@pytest.mark.parametrize('arg, msg', [
-    (['--batch_sise=3'], 'did you mean batch_size'),
-    (['--batch_size=3.5'], 'batch_size must be int'),
-    (['--bias=1'], 'bias must be bool'),
-    (['--batch_size'], 'malformed argument'),
-    (['config/nope.py'], 'config file not found'),
-])
-def test_override_errors(arg, msg):
-    with pytest.raises(UserError, match=msg):
-        apply_overrides(DEFAULTS, arg, verbose=False)
-
-
-def test_config_file_applies_and_rejects_unknown(tmp_path):
-    good = tmp_path / 'a.py'
-    good.write_text("import math\nbatch_size = 4 * 2\nlearning_rate = 1e-3\n")
-    assert apply_overrides(DEFAULTS, [str(good)], verbose=False)['batch_size'] == 8
-    bad = tmp_path / 'b.py'
-    bad.write_text("batchsize = 4\n")
-    with pytest.raises(UserError, match="unknown setting 'batchsize'"):
-        apply_overrides(DEFAULTS, [str(bad)], verbose=False)
+from train import get_batch
 
 
 def shakespeare_char_model():
@@ -129,7 +98,6 @@ def test_training_learns_and_is_deterministic(char_dataset, tmp_path):
 def test_evaluation_draws_the_same_batches_however_many_go_through_one_forward(char_dataset):
     """On a GPU several of an evaluation's batches share a forward (devices.eval_batches): the same
     windows, the same random draws, and a mean equal to the one-batch-at-a-time mean."""
-    from types import SimpleNamespace
     import train
     from nanogpt.data import open_split
     c = SimpleNamespace(block_size=16, batch_size=3, eval_iters=6)
@@ -155,7 +123,30 @@ def test_evaluation_draws_the_same_batches_however_many_go_through_one_forward(c
     ('cuda', 12, 1024, 50304, 200, 1),  # GPT-2's logits: one batch is already large
     ('cuda', 4, 64, 65, 7, 7)])  # a prime eval_iters: all of them at once, when they fit
 def test_batches_per_evaluation_forward(device_type, batch, block, vocab, iters, expected):
-    from types import SimpleNamespace
     from nanogpt.devices import eval_batches
     c = SimpleNamespace(batch_size=batch, block_size=block, eval_iters=iters)
     assert eval_batches(c, vocab, device_type) == expected
+
+
+# ---- train.py's batches -----------------------------------------------------------------------------
+
+def test_batches_pin_contiguous_tensors(monkeypatch):
+    """pin_memory needs CUDA, so the device type says cuda while the copies go to the CPU: what
+    matters is what pin_memory is called on."""
+    data = {'train': (np.arange(5000) % 61).astype(np.uint16)}
+    c = SimpleNamespace(block_size=16, batch_size=6)
+    pinned = []
+
+    def pin_memory(self, *args, **kwargs):
+        pinned.append((tuple(self.shape), self.is_contiguous()))
+        return self
+    monkeypatch.setattr(torch.Tensor, 'pin_memory', pin_memory)
+    torch.manual_seed(0)
+    x, y = get_batch(data['train'], c, SimpleNamespace(device='cpu', device_type='cuda'))
+    assert pinned == [((6, 16), True), ((6, 16), True)]
+    assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
+    assert torch.equal((x[:, 1:] - x[:, :-1]) % 61, torch.ones(6, 15, dtype=torch.long))
+    # the CPU path gets the same batch for the same RNG state
+    torch.manual_seed(0)
+    x2, y2 = get_batch(data['train'], c, SimpleNamespace(device='cpu', device_type='cpu'))
+    assert torch.equal(x, x2) and torch.equal(y, y2)

@@ -1,5 +1,7 @@
 """Training on several processes with torchrun: 2 CPU ranks talking over gloo on the loopback
-interface. Every test launches the real `python -m torch.distributed.run`; nothing is mocked.
+interface, each test launching the real `python -m torch.distributed.run` with nothing mocked; and,
+in this process, what a process group is given: FSDP's mesh built for the run's device type (not
+the machine's accelerator) and a timeout that fits a checkpoint write.
 
 Run as a script under torchrun, this file is also the worker of the DDP-equivalence test and of the
 thread test (train.py's main() in-process; the equivalence worker also records the batches it drew,
@@ -11,11 +13,13 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import PROJECT, make_char_dataset, tiny_args
+from conftest import PROJECT, make_char_dataset, tiny_args, tiny_model
+from nanogpt import distributed
 
 TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
 # one thread per rank (2 ranks share the 2 cores of CI), rendezvous and gloo on loopback only
@@ -309,6 +313,46 @@ def test_a_rank_killed_ends_the_job_and_keeps_the_checkpoint(tmp_path):
     ckpt = torch.load(out / 'ckpt.pt', weights_only=True)  # complete and loadable
     assert ckpt['iter_num'] > 0 and ckpt['iter_num'] % 2 == 0
     assert not [f for f in os.listdir(out) if '.tmp' in f]
+
+
+# ---- in this process: FSDP's mesh, the process group's timeout -------------------------------------
+
+def test_fsdp_mesh_is_built_for_the_chosen_device_type(monkeypatch):
+    """A CUDA (or Mac) machine training with --device=cpu: fully_shard's default mesh would be
+    built for the machine's accelerator; shard builds it for the run's device type."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+    if not dist.is_available():
+        pytest.skip('torch.distributed is not available')
+    monkeypatch.setattr(torch._C, '_get_accelerator', lambda: torch.device('cuda'))
+    dist.init_process_group('gloo', store=dist.HashStore(), rank=0, world_size=1)
+    m = params = mesh = None
+    try:
+        m = tiny_model()
+        mesh = distributed.shard(m, SimpleNamespace(fsdp=True, device_type='cpu'))
+        assert mesh.device_type == 'cpu'
+        params = list(m.parameters())
+        assert params and all(isinstance(p, DTensor) and p.device_mesh.device_type == 'cpu'
+                              and p.device.type == 'cpu' for p in params)
+        logits, loss = m(torch.tensor([[1, 2, 3]]), torch.tensor([[2, 3, 4]]))
+        loss.backward()
+        assert all(p.grad is not None and p.grad.device.type == 'cpu' for p in params)
+    finally:
+        m = params = mesh = None  # the sharded model holds the group: drop it first
+        distributed.shutdown_distributed()
+
+
+def test_process_group_timeout_fits_checkpoint_writes(monkeypatch):
+    import torch.distributed as dist
+    seen = {}
+
+    def init_process_group(**kwargs):
+        seen.update(kwargs, binders_imported=all(m in sys.modules for m in distributed._GROUP_BINDING_MODULES))
+    monkeypatch.setattr(dist, 'init_process_group', init_process_group)
+    distributed.init_process_group('gloo')
+    assert seen['backend'] == 'gloo'
+    assert seen['timeout'].total_seconds() == distributed.PROCESS_GROUP_TIMEOUT_MINUTES * 60 >= 3600
+    assert seen['binders_imported']  # imported first, they bind no live process group
 
 
 if __name__ == '__main__' and sys.argv[1:2] == ['equivalence_worker']:

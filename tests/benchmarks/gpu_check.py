@@ -3,8 +3,8 @@ The GPU device check (not collected by pytest): the shakespeare_char GPU recipe'
 sampling commands on one GPU, ours against the original's way of running them on the same
 machine, side by side in one run, with ratios.
 
-    python tests/gpu_check.py --input=path/to/tinyshakespeare/input.txt          # one H200: ~7 min
-    python tests/gpu_check.py --input=... --smoke      # the script itself checked on a CPU: ~30 s, a tiny model
+    python tests/benchmarks/gpu_check.py --input=path/to/tinyshakespeare/input.txt          # one H200: ~7 min
+    python tests/benchmarks/gpu_check.py --input=... --smoke      # the script itself checked on a CPU: ~30 s, a tiny model
 
 1. Training, `python train.py config/train_shakespeare_char.py` end to end (wall time of the
    command) and per iteration (from its metrics.jsonl: the time between logged iterations with no
@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 
@@ -209,7 +209,7 @@ def main():
                       f'--device={a.device}', *short, *sized])
         rows[f'ours seed {seed}'] = dict(wall_s=wall, iter_ms=iter_ms(out_dir),
                                        val=reevaluate(out_dir, a.device, 20 if short else 200, sized))
-        wall, out = sh(['tests/gpu_check.py', *sys.argv[1:], f'--original_seed={seed}'])
+        wall, out = sh([os.path.abspath(__file__), *sys.argv[1:], f'--original_seed={seed}'])
         rows[f'original seed {seed}'] = dict(wall_s=wall, **json.loads(out.strip().splitlines()[-1]))
         report(rows, a.out)
         if i == 0:

@@ -4,8 +4,8 @@ and how fast does it stop on SIGTERM? Runs a command, puts the seconds since its
 line it prints, and reports the longest silence within a window (default the first ten minutes)
 and, with --term_at, how long the command took to exit after SIGTERM at that second.
 
-    python tests/bench_silence.py -- python train.py config/train_shakespeare_char.py
-    python tests/bench_silence.py --term_at=150 -- python train.py config/train_shakespeare_char.py --out_dir=o150
+    python tests/benchmarks/bench_silence.py -- python train.py config/train_shakespeare_char.py
+    python tests/benchmarks/bench_silence.py --term_at=150 -- python train.py config/train_shakespeare_char.py --out_dir=o150
     python train.py --init_from=resume --out_dir=o150 --max_iters=1 --eval_iters=2   # the last.pt resumes
 
 The targets (issue 23), on a 2-core CPU: no silence over 15 s in the first ten minutes of the
@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 
-PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main():
