@@ -57,6 +57,7 @@ init_from = 'scratch'  # 'scratch', 'resume', a checkpoint to finetune (out_dir 
 sample_every_eval = False  # print a short sample after each evaluation but the first (watch it learn)
 sample_start = '\n'  # its prompt (sample.py's start)
 sample_max_new_tokens = 200  # its length in tokens
+loss_plot = True  # draw out_dir/loss.png when the run ends (where matplotlib is installed)
 keep_previous_runs = True  # a new run moves an earlier run's files in out_dir to out_dir/previous/run-N/
 # wandb logging
 wandb_log = False

@@ -103,7 +103,7 @@ class EvalSample:
 
 
 class LossPlot:
-    """out_dir/loss.png, drawn from metrics.jsonl by plot.py when a run ends by itself (rank 0;
+    """out_dir/loss.png, drawn from metrics.jsonl when a run ends by itself (loss_plot=True; rank 0;
     not for eval_only, which adds no curve; not after a stop signal, whose grace period is for
     the checkpoint): the path in the closing lines, or where matplotlib is missing one line that
     says how to get it. A plot that fails says so in one line: the run's results are saved.
@@ -114,7 +114,7 @@ class LossPlot:
 
     def __init__(self, c, run):
         self.c = c
-        self.on = run.master and not c.eval_only
+        self.on = run.master and not c.eval_only and c.loss_plot
         self.drawable = False
         if self.on and c.time_budget:  # the budget keeps time for the drawing alone
             self._import()

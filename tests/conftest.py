@@ -80,7 +80,8 @@ def tiny_args(out_dir, dataset, **overrides):
     settings = dict(dataset=dataset, out_dir=out_dir, n_layer=2, n_head=2, n_embd=32, block_size=32,
                     batch_size=4, gradient_accumulation_steps=1, max_iters=10, eval_interval=5, eval_iters=2, log_interval=1,
                     warmup_iters=2, lr_decay_iters=10, learning_rate=1e-3, dropout=0.0,
-                    compile=False, device='cpu', dtype='float32', always_save_checkpoint=False)
+                    compile=False, device='cpu', dtype='float32', always_save_checkpoint=False,
+                    loss_plot=False)  # the plot's own tests (test_watch.py) turn it on
     settings.update(overrides)
     return [f'--{k}={v}' for k, v in settings.items()]
 

@@ -43,7 +43,7 @@ def test_measures_once_then_uses_the_cache_and_leaves_everything_as_it_was(cache
     assert compiled is False and compiled_model is None and written_out_attention is False  # dropout: no candidate
     assert step_s > 0  # the chosen candidate's measured time: the run's estimate starts from it
     assert 'measured)' in lines[0] and 'float32 eager' in lines[0] and 'bfloat16 eager' in lines[0]
-    assert lines[-1].startswith(f'using dtype: {dtype}, compile: False (auto: fastest measured)')
+    assert lines[-1].startswith(f'using dtype: {dtype}, compile: False (compile given; dtype auto: fastest measured)')
     with open(cache_dir / 'autotune.json') as f:
         cache = json.load(f)
     (key, entry), = cache.items()

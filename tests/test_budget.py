@@ -133,12 +133,12 @@ def test_budget_command_line_closes_within_budget(char_dataset, tmp_path):
     """The whole command: its clock starts before torch is imported, and the checkpoint records
     the seconds spent when the last save began."""
     out = str(tmp_path / 'out')
-    r = run_script('train.py', *tiny_args(out, char_dataset, time_budget=5, **BUDGET_RUN),
+    r = run_script('train.py', *tiny_args(out, char_dataset, time_budget=8, **BUDGET_RUN),
                    env={'OMP_NUM_THREADS': '1'})
     assert r.returncode == 0, r.stderr[-2000:]
-    assert 'iterations fitted in the 0m05s budget' in r.stdout
+    assert 'iterations fitted in the 0m08s budget' in r.stdout
     saved = torch.load(checkpoint.find_resume_checkpoint(out)['path'], weights_only=True)
-    assert saved['time']['closed'] and saved['time']['spent'] <= 5
+    assert saved['time']['closed'] and saved['time']['spent'] <= 8
     # import and setup count: the schedule began after them, the clock before
     assert 0 < saved['time']['start'] < saved['time']['spent']
 

@@ -268,4 +268,4 @@ def test_bad_init_from_checkpoint(case, trained, dataset, tmp_path):
     overrides.setdefault('dataset', dataset)
     check(case, 'train.py', tiny_args(init_from=init_from, **overrides), expected)
     if case == 'init_from in its own out_dir':
-        assert sorted(os.listdir(trained)) == ['ckpt.pt', 'loss.png', 'metrics.jsonl', 'train.lock']  # nothing written over
+        assert sorted(os.listdir(trained)) == ['ckpt.pt', 'metrics.jsonl', 'train.lock']  # nothing written over

@@ -77,7 +77,7 @@ def test_the_originals_config_prints_no_sample_unless_asked(char_dataset, tmp_pa
 
 
 def test_the_cpu_recipe_turns_samples_on():
-    settings = {}
+    settings = dict(train.DEFAULTS)  # a config file runs among train.py's settings
     exec(open(os.path.join(PROJECT, 'config', 'train_shakespeare_char_cpu.py')).read(), settings)
     assert settings['sample_every_eval'] is True
 
@@ -90,7 +90,7 @@ def test_a_prompt_outside_the_vocabulary_is_one_line(char_dataset, tmp_path):
 
 def test_the_loss_plot_is_drawn_when_the_run_ends(char_dataset, tmp_path, capsys):
     out = str(tmp_path / 'out')
-    train.main(tiny_args(out, char_dataset))
+    train.main(tiny_args(out, char_dataset, loss_plot=True))
     png = os.path.join(out, 'loss.png')
     with open(png, 'rb') as f:
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
@@ -102,7 +102,7 @@ def test_the_loss_plot_is_drawn_when_the_run_ends(char_dataset, tmp_path, capsys
 def test_without_matplotlib_one_line_says_how_to_get_it(char_dataset, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, 'matplotlib', None)  # as if not installed: import fails
     out = str(tmp_path / 'out')
-    train.main(tiny_args(out, char_dataset))
+    train.main(tiny_args(out, char_dataset, loss_plot=True))
     stdout = capsys.readouterr().out
     said = [line for line in stdout.splitlines() if 'install matplotlib' in line or 'loss plot' in line]
     assert len(said) == 1 and 'pip install matplotlib' in said[0], said
@@ -112,10 +112,10 @@ def test_without_matplotlib_one_line_says_how_to_get_it(char_dataset, tmp_path, 
 
 def test_no_plot_for_eval_only(char_dataset, tmp_path, capsys):
     out = str(tmp_path / 'out')
-    train.main(tiny_args(out, char_dataset))
+    train.main(tiny_args(out, char_dataset, loss_plot=True))
     os.remove(os.path.join(out, 'loss.png'))
     capsys.readouterr()
-    train.main(tiny_args(out, char_dataset, init_from='resume', eval_only=True))
+    train.main(tiny_args(out, char_dataset, init_from='resume', eval_only=True, loss_plot=True))
     assert 'loss plot' not in capsys.readouterr().out
     assert not os.path.exists(os.path.join(out, 'loss.png'))
 
@@ -137,3 +137,10 @@ def test_bits_per_token_where_the_tokens_are_not_characters(tmp_path):
     gpt2.mkdir()
     (gpt2 / 'train.bin').write_bytes(b'')  # no meta.pkl: GPT-2 BPE tokens
     assert bits_per(2 * math.log(2), str(gpt2)) == '2.000 bits per token'
+
+
+def test_loss_plot_false_draws_nothing(char_dataset, tmp_path, capsys):
+    out = str(tmp_path / 'out')
+    train.main(tiny_args(out, char_dataset, loss_plot=False))
+    assert 'loss plot' not in capsys.readouterr().out
+    assert not os.path.exists(os.path.join(out, 'loss.png'))
