@@ -4,7 +4,11 @@ keep_previous_runs=False writes over them as nanoGPT does. Real train.py runs.""
 
 import shlex
 
+import pytest
+
+import train
 from conftest import run_script, tiny_args
+from nanogpt.errors import UserError
 
 
 def _train(out, data, **kw):
@@ -31,18 +35,18 @@ def test_a_second_run_keeps_the_first(tmp_path, char_dataset):
     assert (out / 'previous' / 'run-2' / 'ckpt.pt').exists() and (kept / 'ckpt.pt').read_bytes() == first
 
 
-def test_resume_and_keep_previous_runs_false_keep_nothing(tmp_path, char_dataset):
+def test_resume_and_keep_previous_runs_false_keep_nothing(tmp_path, char_dataset, capsys):
     out = tmp_path / 'out'
-    _train(out, char_dataset)
-    r = _train(out, char_dataset, init_from='resume', max_iters=12, lr_decay_iters=12)
-    assert not (out / 'previous').exists() and 'kept the previous run' not in r.stdout
-    r = _train(out, char_dataset, keep_previous_runs=False)
-    assert not (out / 'previous').exists() and 'kept the previous run' not in r.stdout
+    train.main(tiny_args(str(out), char_dataset))
+    train.main(tiny_args(str(out), char_dataset, init_from='resume', max_iters=12, lr_decay_iters=12))
+    assert not (out / 'previous').exists() and 'kept the previous run' not in capsys.readouterr().out
+    train.main(tiny_args(str(out), char_dataset, keep_previous_runs=False))
+    assert not (out / 'previous').exists() and 'kept the previous run' not in capsys.readouterr().out
 
 
 def test_a_run_that_stops_during_setup_moves_nothing(tmp_path, char_dataset):
     out = tmp_path / 'out'
-    _train(out, char_dataset)
-    r = run_script('train.py', *tiny_args(str(out), char_dataset, init_from=str(tmp_path / 'nothing.pt')))
-    assert r.returncode == 2
+    train.main(tiny_args(str(out), char_dataset))
+    with pytest.raises(UserError, match='no checkpoint at'):
+        train.main(tiny_args(str(out), char_dataset, init_from=str(tmp_path / 'nothing.pt')))
     assert (out / 'ckpt.pt').exists() and not (out / 'previous').exists()
