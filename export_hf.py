@@ -29,10 +29,12 @@ Settings (--key=value):
     overwrite  replace an earlier export in hf_dir (a directory holding other files is never replaced)
 """
 
+import inspect
 import json
 import os
 import shutil
 import sys
+import tempfile
 
 import torch
 
@@ -125,6 +127,14 @@ def gpt2_tokenizer_files():
 
 def build_tokenizer(transformers, block_size):
     encoder_json, vocab_bpe = gpt2_tokenizer_files()
+    if 'vocab_file' in inspect.signature(transformers.GPT2Tokenizer.__init__).parameters:
+        # transformers before 5 (the last for torch before 2.6) reads vocab.json and merges.txt from disk
+        with tempfile.TemporaryDirectory() as d:
+            files = {'vocab_file': os.path.join(d, 'vocab.json'), 'merges_file': os.path.join(d, 'merges.txt')}
+            for path, content in zip(files.values(), (encoder_json, vocab_bpe)):
+                with open(path, 'wb') as f:
+                    f.write(content.encode('utf-8') if isinstance(content, str) else content)
+            return transformers.GPT2Tokenizer(**files, model_max_length=block_size)
     vocab = json.loads(encoder_json)
     lines = vocab_bpe.decode('utf-8').split('\n')
     merges = [tuple(line.split(' ')) for line in lines[1:] if line]  # line 0 is '#version: 0.2'

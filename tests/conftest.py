@@ -75,6 +75,19 @@ def char_dataset(tmp_path):
     return make_char_dataset(tmp_path / 'toy')
 
 
+# Features that need a newer torch than the core's 2.4: where torch lacks them, train.py refuses them
+# in one line (tests/test_muon.py, tests/test_errors.py), and the tests that train with them are skipped.
+def _torch_at_least(version):
+    from nanogpt.devices import torch_version
+    return torch_version() >= version
+
+
+needs_muon = pytest.mark.skipif(not hasattr(torch.optim, 'Muon'),
+                                reason=f"torch {torch.__version__} has no torch.optim.Muon (torch 2.9+)")
+needs_fsdp2 = pytest.mark.skipif(not _torch_at_least((2, 6)),
+                                 reason=f"torch {torch.__version__} has no public FSDP2 fully_shard (torch 2.6+)")
+
+
 def tiny_args(out_dir, dataset, **overrides):
     """train.py arguments for a model that trains in well under a second per iteration."""
     settings = dict(dataset=dataset, out_dir=out_dir, n_layer=2, n_head=2, n_embd=32, block_size=32,

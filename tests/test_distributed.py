@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import PROJECT, make_char_dataset, tiny_args, tiny_model
+from conftest import needs_fsdp2, needs_muon, PROJECT, make_char_dataset, tiny_args, tiny_model
 from nanogpt import distributed
 
 TORCHRUN = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2']
@@ -86,7 +86,7 @@ def tensors_of(state, prefix=''):
     return found
 
 
-@pytest.mark.parametrize('optimizer, accum', [('muon', 2), ('adamw', 4)])
+@pytest.mark.parametrize('optimizer, accum', [pytest.param('muon', 2, marks=needs_muon), ('adamw', 4)])
 def test_ddp_train_py_matches_one_process_fed_the_same_batches(tmp_path, monkeypatch, optimizer, accum):
     """train.py on 2 processes against train.py on one, with the same total gradient_accumulation_steps.
     Process r seeds its batches with seed + r, so the one process replays what the two drew:
@@ -144,6 +144,7 @@ def test_ddp_train_py_matches_one_process_fed_the_same_batches(tmp_path, monkeyp
     assert moments and all(v.abs().sum() > 0 for v in moments)  # gradients reached every optimizer state
 
 
+@needs_fsdp2
 def test_torchrun_ddp_then_fsdp_resume_then_sample(tmp_path):
     """The real command line on 2 CPU ranks: DDP trains and saves; fsdp=True resumes that
     checkpoint (numbered optimizer state, per-rank RNG), trains sharded and writes ckpt.pt in the
@@ -189,6 +190,7 @@ def test_torchrun_ddp_then_fsdp_resume_then_sample(tmp_path):
     assert s.stdout.count('---------------') == 1 and 'ROMEO:' in s.stdout
 
 
+@needs_muon
 def test_torchrun_muon_with_a_time_budget(tmp_path):
     """Both ranks follow rank 0's clock: they close at the same iteration with the same learning
     rate (a rank stepping on alone would hang the job), with Muon's state in the checkpoint."""
@@ -241,7 +243,7 @@ def train_worker(out_dir, data, fsdp, report):
         f.write(repr(gloo_threads()))
 
 
-@pytest.mark.parametrize('fsdp', [False, True])
+@pytest.mark.parametrize('fsdp', [False, pytest.param(True, marks=needs_fsdp2)])
 def test_process_group_threads_end_before_python_does(tmp_path, fsdp):
     """The cause of an abort at exit ("terminate called without an active exception", SIGABRT
     after "best model: ..."): gloo's worker threads outlived the process group, and one of them
@@ -317,6 +319,7 @@ def test_a_rank_killed_ends_the_job_and_keeps_the_checkpoint(tmp_path):
 
 # ---- in this process: FSDP's mesh, the process group's timeout -------------------------------------
 
+@needs_fsdp2
 def test_fsdp_mesh_is_built_for_the_chosen_device_type(monkeypatch):
     """A CUDA (or Mac) machine training with --device=cpu: fully_shard's default mesh would be
     built for the machine's accelerator; shard builds it for the run's device type."""

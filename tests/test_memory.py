@@ -13,7 +13,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from conftest import ONE_THREAD, run_script, sha, tiny_args
+from conftest import needs_muon, ONE_THREAD, run_script, sha, tiny_args
 from model import GPT, GPTConfig
 from nanogpt import cpu, memory
 from nanogpt.data import meta_vocab_size
@@ -55,7 +55,7 @@ class LiveBytes(TorchDispatchMode):
 
 
 @pytest.mark.parametrize('bias', [False, True])
-@pytest.mark.parametrize('kind', ['adamw', 'muon'])
+@pytest.mark.parametrize('kind', ['adamw', pytest.param('muon', marks=needs_muon)])
 def test_parameter_and_optimizer_state_bytes_are_exact(bias, kind):
     shape = memory.Shape(n_layer=3, n_head=2, n_embd=32, block_size=16, vocab_size=50, bias=bias)
     model = GPT(GPTConfig(n_layer=3, n_head=2, n_embd=32, block_size=16, vocab_size=50, bias=bias))

@@ -10,7 +10,7 @@ import torch
 from nanogpt import optim
 import train
 from nanogpt.errors import UserError
-from conftest import ORIGINAL_GPTCONFIG_FIELDS, assert_plain, tiny_args, tiny_model
+from conftest import needs_muon, ORIGINAL_GPTCONFIG_FIELDS, assert_plain, tiny_args, tiny_model
 from model import GPT, GPTConfig
 
 MUON = dict(optimizer='muon', muon_lr=0.02)
@@ -23,6 +23,7 @@ def settings(**kw):
     return SimpleNamespace(**c)
 
 
+@needs_muon
 def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     model = tiny_model(vocab_size=30, training=True)
     opt = optim.build_optimizer(model, settings(), 'muon', 'cpu')
@@ -38,6 +39,7 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     assert isinstance(opt.muon, torch.optim.Muon)
 
 
+@needs_muon
 def test_each_group_follows_the_schedule_from_its_own_peak():
     opt = optim.build_optimizer(tiny_model(vocab_size=30, training=True), settings(), 'muon', 'cpu')
     optim.set_lr(opt, 5e-4, 1e-3)  # half way down from the peak
@@ -48,6 +50,7 @@ def test_each_group_follows_the_schedule_from_its_own_peak():
     assert {g['lr'] for g in adamw.param_groups} == {3.3e-4}  # exactly the original's value
 
 
+@needs_muon
 def test_muon_trains_resumes_exactly_and_the_original_reads_its_checkpoint(char_dataset, tmp_path):
     kw = dict(MUON, max_iters=8, eval_interval=4, lr_decay_iters=8, dropout=0.1, always_save_checkpoint=True)
     whole = train.main(tiny_args(str(tmp_path / 'whole'), char_dataset, **kw))
@@ -82,6 +85,7 @@ def test_muon_errors_are_one_line(char_dataset, tmp_path, monkeypatch):
         optim.build_optimizer(tiny_model(vocab_size=30, training=True), settings(), 'muon', 'cpu')
 
 
+@needs_muon
 def test_auto_takes_muon_and_float32_orthogonalisation_where_bfloat16_is_emulated(monkeypatch, capsys):
     from nanogpt import devices
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: True)
@@ -105,6 +109,7 @@ def test_auto_optimizer_is_stored_resolved(char_dataset, tmp_path):
     assert s['config']['optimizer'] in ('adamw', 'muon')
 
 
+@needs_muon
 def test_float32_muon_takes_torch_muons_step_and_state():
     """Float32Muon (where bfloat16 is emulated) makes torch.optim.Muon's update, in float32: from the
     same weights and gradients the two land within bfloat16's rounding of the update, and the float32
@@ -132,6 +137,7 @@ def test_float32_muon_takes_torch_muons_step_and_state():
                                optim.orthogonalize(g, coeff, steps, eps).double(), rtol=1e-4, atol=1e-5)
 
 
+@needs_muon
 def test_muon_orthogonalises_in_float32_where_bfloat16_is_emulated(monkeypatch, capsys):
     from nanogpt import devices
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: False)

@@ -198,8 +198,11 @@ def test_bench_command_on_the_cpu_recipe():
                    env={'OMP_NUM_THREADS': '1'})
     assert r.returncode == 0, r.stderr[-2000:]
     assert 'Traceback' not in r.stderr
-    assert 'using optimizer: ' in r.stdout and 'auto dtype/compile: ' in r.stdout, r.stdout
-    assert '<- chosen' in r.stdout
+    assert 'using optimizer: ' in r.stdout, r.stdout
+    if devices.cpu_has_bf16_units():  # float32 and bfloat16 are measured: the table of candidates
+        assert 'auto dtype/compile: ' in r.stdout and '<- chosen' in r.stdout, r.stdout
+    else:  # an AVX2-only CPU (or a torch that cannot tell): float32 alone, nothing to measure
+        assert 'dtype auto: the only candidate' in r.stdout, r.stdout
 
 
 def test_bench_refuses_a_negative_seed():
