@@ -100,19 +100,6 @@ class TimeBudget:
         """Seconds the next iteration is expected to take: the usual pace, or the recent one if slower."""
         return max(self.iter_s or 0.0, self.recent_s or 0.0)
 
-    def check_start(self, micro_step_s, eval_iters, grad_accum):
-        """At the loop's start: one line when what is left cannot hold one iteration and one
-        evaluation at the pace autotune.py measured (micro_step_s seconds per micro-step; None
-        where nothing was measured, and nothing is known yet). The run then overruns its budget."""
-        if not micro_step_s:
-            return
-        iteration = micro_step_s * grad_accum
-        need = iteration + evaluation_s(iteration, 2 * eval_iters, grad_accum)
-        if self.left() < need:
-            warn_once(f"time_budget={self.seconds:g}s leaves {self.left():.1f}s, less than one iteration and "
-                      f"one evaluation (about {need:.1f}s at the measured pace): the run will take longer than "
-                      f"its budget; give a larger --time_budget, or a smaller --eval_iters or model")
-
     def spent(self):
         return self.spent_before + self.clock() - self.t0
 
@@ -152,18 +139,6 @@ class TimeBudget:
         self.closed = self.left() < need
         return self.closed
 
-    def forwards_that_fit(self, elapsed, done, total):
-        """During the closing evaluation, after `done` of its `total` forwards (both splits) took
-        `elapsed` seconds: how many more fit before the time the rest of the closing work needs
-        (after_eval_s), at this evaluation's own pace. A machine that slowed down during the
-        evaluation shows it there first, so the save and the rest are scaled by this evaluation's
-        pace against the last measured one's, where that is slower than the iterations say."""
-        pace = elapsed / done
-        slowdown = self.slowdown()
-        if self._eval_s:
-            slowdown = max(slowdown, pace / (self._eval_s / total))
-        return max(0, int((self.left() - self.after_eval_s(slowdown)) / pace))
-
     def progress(self, eval_iters, grad_accum):
         start = self.start if self.start is not None else self.spent()
         horizon = self.seconds - self.reserve(eval_iters, grad_accum) - start
@@ -178,6 +153,20 @@ class TimeBudget:
         """Whether a checkpoint's time state (state()) says that a budget at least this large
         already ended that run: what it left over is less than an iteration and the closing work."""
         return saved.get('closed', False) and self.seconds <= saved.get('seconds', 0.0)
+
+
+def warn_if_too_short(budget, micro_step_s, eval_iters, grad_accum):
+    """At the loop's start of a budgeted run: one line when what is left cannot hold one iteration and one
+    evaluation at the pace autotune.py measured (micro_step_s seconds per micro-step; None
+    where nothing was measured, and nothing is known yet). The run then overruns its budget."""
+    if not micro_step_s:
+        return
+    iteration = micro_step_s * grad_accum
+    need = iteration + evaluation_s(iteration, 2 * eval_iters, grad_accum)
+    if budget.left() < need:
+        warn_once(f"time_budget={budget.seconds:g}s leaves {budget.left():.1f}s, less than one iteration and "
+                  f"one evaluation (about {need:.1f}s at the measured pace): the run will take longer than "
+                  f"its budget; give a larger --time_budget, or a smaller --eval_iters or model")
 
 
 def start_budget(c, ckpt, t0=None):

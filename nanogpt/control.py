@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint, distributed, memory, progress
+from .budget import warn_if_too_short
 from .watch import EvalSample, LossPlot
 from .errors import UserError
 from .shell import command
@@ -193,7 +194,7 @@ class AddedEvaluation:
 class ClosingEvaluation:
     """A budgeted run's closing evaluation when the budget's end comes during it: the machine
     slowed down after the closing reserve was last measured, so the evaluation would run past the
-    budget. After each forward it asks the budget how many more fit (TimeBudget.forwards_that_fit)
+    budget. After each forward it asks the budget how many more fit (_forwards_that_fit)
     and, when fewer than it has left, ends its splits early: the train split keeps half of all
     that fit, the val split the rest, each at least one batch. The losses are the means over the
     batches done; the step line keeps its format, and note() is the line after it that says over
@@ -218,7 +219,7 @@ class ClosingEvaluation:
         if self.run.master and k + 1 < n:
             done = k + 1 + (self.kept.get('train', n) if split == 'val' else 0)
             left = n - (k + 1) + (n if split == 'train' else 0)
-            fit = self.budget.forwards_that_fit(self.budget.clock() - self.began, done, 2 * n)
+            fit = self._forwards_that_fit(self.budget.clock() - self.began, done, 2 * n)
             if fit < left:
                 stop = k + 1 >= max(1, (done + fit) // 2) if split == 'train' else fit < 1
         if self.run.torchrun:
@@ -228,6 +229,19 @@ class ClosingEvaluation:
         if stop:
             self.kept[split] = k + 1
         return stop
+
+    def _forwards_that_fit(self, elapsed, done, total):
+        """During the closing evaluation, after `done` of its `total` forwards (both splits) took
+        `elapsed` seconds: how many more fit before the time the rest of the closing work needs
+        (TimeBudget.after_eval_s), at this evaluation's own pace. A machine that slowed down during the
+        evaluation shows it there first, so the save and the rest are scaled by this evaluation's
+        pace against the last measured one's, where that is slower than the iterations say."""
+        budget = self.budget
+        pace = elapsed / done
+        slowdown = budget.slowdown()
+        if budget.eval_s:
+            slowdown = max(slowdown, pace / (budget.eval_s / total))
+        return max(0, int((budget.left() - budget.after_eval_s(slowdown)) / pace))
 
     def note(self):
         """The line after a cut evaluation's step line; None when it ran in full."""
@@ -248,7 +262,7 @@ class RunControl:
     def __init__(self, c, run, model, config, budget, memory_plan):
         self.c, self.run, self.budget = c, run, budget
         if budget is not None and run.master:
-            budget.check_start(run.micro_step_s, c.eval_iters, run.grad_accum)  # a budget too short to keep
+            warn_if_too_short(budget, run.micro_step_s, c.eval_iters, run.grad_accum)  # a budget too short to keep
         self.signals = StopSignals.current
         self.metrics = Metrics(c, run, config, model, budget)
         self.stop_or_close = StopOrClose(c, run, budget, self.signals)

@@ -106,7 +106,7 @@ def test_the_split_keeps_half_of_what_fits_and_each_at_least_one_batch():
 def test_a_cut_closing_evaluation_in_a_real_run(char_dataset, tmp_path, capsys, monkeypatch):
     """train.py's loop: estimate_loss stops each split when told, the step line keeps its format,
     the note follows it, no sample is drawn, and the run saves and ends as usual."""
-    monkeypatch.setattr(TimeBudget, 'forwards_that_fit', lambda self, elapsed, done, total: 0)
+    monkeypatch.setattr(ClosingEvaluation, '_forwards_that_fit', lambda self, elapsed, done, total: 0)
     out = str(tmp_path / 'out')
     summary = train.main(tiny_args(out, char_dataset, time_budget=4, max_iters=10 ** 6, eval_interval=10 ** 6,
                                    eval_iters=4, sample_every_eval=True))

@@ -9,7 +9,7 @@ import pytest
 
 from configurator import apply_overrides
 from conftest import run_script, tiny_args
-from nanogpt.budget import TimeBudget
+from nanogpt.budget import TimeBudget, warn_if_too_short
 from nanogpt.data import meta_vocab_size
 from nanogpt.errors import UserError
 
@@ -60,10 +60,10 @@ def test_sample_suggests_the_cpu_recipe_without_a_gpu(tmp_path):
 
 
 def test_a_budget_shorter_than_an_iteration_and_an_evaluation_is_said_at_start(capsys):
-    TimeBudget(5.0).check_start(micro_step_s=2.0, eval_iters=10, grad_accum=2)  # 4 s + 10 x 4/2/3 s
+    warn_if_too_short(TimeBudget(5.0), micro_step_s=2.0, eval_iters=10, grad_accum=2)  # 4 s + 10 x 4/2/3 s
     assert "time_budget=5s leaves" in capsys.readouterr().err
-    TimeBudget(600.0).check_start(micro_step_s=2.0, eval_iters=10, grad_accum=2)
-    TimeBudget(5.0).check_start(micro_step_s=None, eval_iters=10, grad_accum=2)  # nothing measured
+    warn_if_too_short(TimeBudget(600.0), micro_step_s=2.0, eval_iters=10, grad_accum=2)
+    warn_if_too_short(TimeBudget(5.0), micro_step_s=None, eval_iters=10, grad_accum=2)  # nothing measured
     assert capsys.readouterr().err == ''
 
 
