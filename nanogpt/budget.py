@@ -29,8 +29,8 @@ class TimeBudget:
     reserve is the last measured evaluation and save, scaled by how much slower the recent
     iterations run than the ones just before that evaluation (`slowdown()`), never scaled down.
     A slowdown that begins during the closing evaluation itself shows in no iteration: there
-    `forwards_that_fit()` says how many more of its batches fit, and the evaluation stops early
-    (control.ClosingEvaluation) rather than run past the budget.
+    control.ClosingEvaluation counts how many more of its batches fit before `after_eval_s()`, and
+    the evaluation stops early rather than run past the budget.
     """
 
     MARGIN = 0.01  # of the budget, kept free for printing, closing files and exiting
