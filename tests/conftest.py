@@ -11,6 +11,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -261,3 +262,57 @@ def no_network_env(cache_dir):
     refused = 'http://127.0.0.1:9'
     return {'TIKTOKEN_CACHE_DIR': str(cache_dir), 'HTTPS_PROXY': refused, 'https_proxy': refused,
             'HTTP_PROXY': refused, 'http_proxy': refused, 'NO_PROXY': '', 'no_proxy': ''}
+
+
+class Clock:
+    """A fake clock for the time budget: its time moves only when a test moves it."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def simulated_close(budget_s, slowdown, load_from, cut=True, it_s=0.15, forward_s=0.06, n=10, save_s=0.3,
+                    setup_s=5.0, eval_interval=500):
+    """train.py's loop on a fake clock, its evaluations forward by forward (n per split) through
+    ClosingEvaluation as estimate_loss calls it; from `load_from` seconds on everything runs
+    `slowdown` times slower. Returns (the second the run closed at, the closing evaluation's
+    note, when the closing evaluation began)."""
+    clock = Clock()
+    t0 = clock.now
+    from nanogpt.budget import TimeBudget
+    from nanogpt.control import ClosingEvaluation
+    b = TimeBudget(budget_s, t0=t0, clock=clock)
+    ce = ClosingEvaluation(SimpleNamespace(eval_iters=n), SimpleNamespace(eval_batches=1, master=True, torchrun=False), b)
+
+    def work(seconds):
+        clock.now += seconds * (slowdown if clock.now - t0 >= load_from else 1.0)
+
+    work(setup_s)
+    it = 0
+    while True:
+        due = it % eval_interval == 0
+        closing = b.must_close(due, n, 1)
+        if due or closing:
+            began = clock.now - t0
+            ce.start(closing)
+            mark = clock.now
+            for split in ('train', 'val'):
+                for k in range(n):
+                    work(forward_s)
+                    if cut and ce.ends_split(split, k):
+                        break
+            b.eval_s = clock.now - mark
+            mark = clock.now
+            work(save_s)
+            b.save_s = clock.now - mark
+        if closing:
+            return clock.now - t0, ce.note(), began
+        mark = clock.now
+        if it == 0:
+            b.loop_started(mark)
+        work(it_s)
+        b.iter_done(clock.now - mark)
+        it += 1

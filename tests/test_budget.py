@@ -11,17 +11,9 @@ import torch
 import train
 from nanogpt import checkpoint
 from nanogpt.errors import UserError
-from conftest import read_metrics, run_script, tiny_args
+from conftest import Clock, simulated_close, read_metrics, run_script, tiny_args
 from nanogpt.budget import TimeBudget
 from train import get_lr
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 def test_budget_progress_and_closing_follow_the_clock():
@@ -214,38 +206,10 @@ def test_gpu_pattern_of_one_waiting_iteration_in_ten_is_no_slowdown():
         assert b.slowdown() == 1.0
 
 
-def simulated_run(budget_s, slowdown, load_from, it_s=0.15, eval_s=1.2, save_s=0.3, setup_s=5.0,
-                  eval_interval=500):
-    """train.py's loop against a fake clock: setup, then before each iteration the budget's check,
-    an evaluation and save when due or closing, the iteration. From `load_from` seconds on,
-    everything runs `slowdown` times slower. Returns the second at which the run has closed."""
-    clock = Clock()
-    t0 = clock.now
-    b = TimeBudget(budget_s, t0=t0, clock=clock)
-
-    def work(seconds):
-        clock.now += seconds * (slowdown if clock.now - t0 >= load_from else 1.0)
-
-    work(setup_s)
-    it = 0
-    while True:
-        due = it % eval_interval == 0
-        closing = b.must_close(due, 10, 1)
-        if due or closing:
-            mark = clock.now
-            work(eval_s)
-            b.eval_s = clock.now - mark
-            mark = clock.now
-            work(save_s)
-            b.save_s = clock.now - mark
-        if closing:
-            return clock.now - t0
-        mark = clock.now
-        if it == 0:
-            b.loop_started(mark)
-        work(it_s)
-        b.iter_done(clock.now - mark)
-        it += 1
+def simulated_run(budget_s, slowdown, load_from):
+    """The second at which a budgeted run on a fake clock closed (conftest.simulated_close, with its
+    closing evaluation in full: 2 x 10 forwards of 0.06 s)."""
+    return simulated_close(budget_s, slowdown, load_from, cut=False)[0]
 
 
 @pytest.mark.parametrize('slowdown', [1, 2, 4, 6])

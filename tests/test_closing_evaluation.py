@@ -9,59 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 import train
-from conftest import tiny_args
+from conftest import Clock, simulated_close, tiny_args
 from nanogpt.budget import TimeBudget
 from nanogpt.control import ClosingEvaluation
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-def simulated_close(budget_s, slowdown, load_from, cut=True, it_s=0.15, forward_s=0.06, n=10, save_s=0.3,
-                    setup_s=5.0, eval_interval=500):
-    """train.py's loop on a fake clock, its evaluations forward by forward (n per split) through
-    ClosingEvaluation as estimate_loss calls it; from `load_from` seconds on everything runs
-    `slowdown` times slower. Returns (the second the run closed at, the closing evaluation's
-    note, when the closing evaluation began)."""
-    clock = Clock()
-    t0 = clock.now
-    b = TimeBudget(budget_s, t0=t0, clock=clock)
-    ce = ClosingEvaluation(SimpleNamespace(eval_iters=n), SimpleNamespace(eval_batches=1, master=True, torchrun=False), b)
-
-    def work(seconds):
-        clock.now += seconds * (slowdown if clock.now - t0 >= load_from else 1.0)
-
-    work(setup_s)
-    it = 0
-    while True:
-        due = it % eval_interval == 0
-        closing = b.must_close(due, n, 1)
-        if due or closing:
-            began = clock.now - t0
-            ce.start(closing)
-            mark = clock.now
-            for split in ('train', 'val'):
-                for k in range(n):
-                    work(forward_s)
-                    if cut and ce.ends_split(split, k):
-                        break
-            b.eval_s = clock.now - mark
-            mark = clock.now
-            work(save_s)
-            b.save_s = clock.now - mark
-        if closing:
-            return clock.now - t0, ce.note(), began
-        mark = clock.now
-        if it == 0:
-            b.loop_started(mark)
-        work(it_s)
-        b.iter_done(clock.now - mark)
-        it += 1
 
 
 @pytest.mark.parametrize('slowdown', [2, 4, 6, 8])
