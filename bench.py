@@ -143,9 +143,35 @@ class TrainStep:
                     warmup_s=self.warmup_s)
 
 
-def bench_train(c, dev, setups):
+class PeakProbes:
+    """The machine's matmul peak, measured between the training iterations (a shared VM's speed
+    moves severalfold from minute to minute, so a peak measured once, before, says little about
+    the steps): a few 1024 x 1024 matmul batches in float32 and, where the CPU has bf16 units or
+    on a GPU, in bfloat16, after every round of iterations. peak(): the best median of the dtypes."""
+
+    def __init__(self, dev, batches=5):
+        dtypes = ['float32']
+        if devices.device_type_of(dev) != 'cpu' or devices.cpu_has_bf16_units():
+            dtypes.append('bfloat16')
+        self.probes = {d: devices.MatmulProbe(dev, d) for d in dtypes}
+        self.rates = {d: [] for d in dtypes}
+        self.batches = batches
+
+    def measure(self):
+        for d, probe in self.probes.items():
+            self.rates[d].extend(probe.rate() for _ in range(self.batches))
+
+    def peak(self):
+        """(FLOP/s, dtype): the faster dtype's median over the run."""
+        medians = {d: sorted(r)[len(r) // 2] for d, r in self.rates.items() if r}
+        d = max(medians, key=medians.get)
+        return medians[d], d
+
+
+def bench_train(c, dev, setups, probes=None):
     """Median seconds per training iteration of each setup: warm-up (and compilation) first,
-    then the timed iterations interleaved across setups."""
+    then the timed iterations interleaved across setups (and with `probes`, PeakProbes, measured
+    after each round)."""
     steps = []
     for setup in setups:
         st = TrainStep(c, dev, setup)
@@ -158,6 +184,8 @@ def bench_train(c, dev, setups):
     for _ in range(c.iters):
         for st in steps:
             st.times.append(st.step())
+        if probes is not None:
+            probes.measure()
     return [st.report(dev, c.peak_flops) for st in steps]
 
 
@@ -293,7 +321,9 @@ def main(argv=None):
     print(f"training step: {c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads, batch "
           f"{c.batch_size} x {c.gradient_accumulation_steps} of {c.block_size} tokens, "
           f"{flops / 1e9:.3g} GFLOP/iter; {c.warmup} warm-up + {c.iters} timed iterations per setup")
-    results = bench_train(c, dev, setups)
+    probes = PeakProbes(dev)
+    results = bench_train(c, dev, setups, probes)
+    peak, peak_dtype = probes.peak()
     base = results[0]['dt'] if c.compare or c.sweep else None
     chosen = next(r for r in results if r['setup'] == chosen)
     for r in results:
@@ -302,6 +332,11 @@ def main(argv=None):
         print(f"{r['name']:<40} {r['dt'] * 1000:9.1f} ms/iter{ratio}, {r['tok_s']:>9,.0f} tok/s, "
               f"mfu {r['mfu'] * 100:5.2f}% of {r['peak'] / 1e12:.3g} TFLOP/s ({r['peak_src']}), "
               f"warm-up {r['warmup_s']:.1f}s{tag}")
+    print(f"share of the machine's matmul peak ({peak_dtype} 1024x1024 matmul measured between the iterations, "
+          f"median {peak / 1e9:,.0f} GFLOP/s; float32 {sorted(probes.rates['float32'])[len(probes.rates['float32']) // 2] / 1e9:,.0f}):")
+    for r in results:
+        r['share'] = flops / r['dt'] / peak
+        print(f"  {r['name']:<40} {flops / r['dt'] / 1e9:7,.0f} GFLOP/s, {r['share'] * 100:5.1f}% of the peak")
     if base:
         print(f"speed-up of the chosen settings ({chosen['name']}) over {results[0]['name']}: "
               f"{base / chosen['dt']:.2f}x")

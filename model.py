@@ -101,17 +101,22 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=None,
                                                dropout_p=self.dropout if self.training else 0, is_causal=True)
         else:
-            # the same attention written out, for training only
-            att = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1)  # (B, nh, T, T)
-            # the causal mask as an added -inf bias: unlike masked_fill, its backward costs nothing
-            future = torch.full((T, T), float('-inf'), dtype=att.dtype, device=x.device).triu(1)
-            att = (att + future).softmax(dim=-1)
-            y = self.attn_dropout(att) @ v  # (B, nh, T, T) x (B, nh, T, hs) -> (B, nh, T, hs)
+            y = self.written_out_attention(q, k, v)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # the heads side by side again
 
         # output projection
         y = self.resid_dropout(self.c_proj(y))
         return y
+
+    def written_out_attention(self, q, k, v):
+        """The attention of forward() written out, for training only. nanogpt/cpu.py may put an
+        equivalent of its own in this slot (an instance attribute of the same name)."""
+        T = q.size(-2)
+        att = (q * (1.0 / math.sqrt(q.size(-1)))) @ k.transpose(-2, -1)  # (B, nh, T, T)
+        # the causal mask as an added -inf bias: unlike masked_fill, its backward costs nothing
+        future = torch.full((T, T), float('-inf'), dtype=att.dtype, device=att.device).triu(1)
+        att = (att + future).softmax(dim=-1)
+        return self.attn_dropout(att) @ v  # (B, nh, T, T) x (B, nh, T, hs) -> (B, nh, T, hs)
 
 
 class MLP(nn.Module):

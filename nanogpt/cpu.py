@@ -6,9 +6,11 @@ shakespeare_char model that is a large share of a bfloat16 training step (docs/s
 fused CPU attention with dropout either: scaled_dot_product_attention falls back to its math path
 with the same bernoulli_ masks. So for eager CPU training with dropout, use_dropout_masks()
 swaps the model's nn.Dropout modules for MaskedDropout, which takes its masks from a MaskSource,
-and switches attention to the written-out path of model.py (the same math, whose dropout is then
-a MaskedDropout too). The swap happens after the model is built, so the initialisation's random
-draws are untouched; nn.Dropout holds no weights, so the state_dict keys stay the same.
+and puts ChunkedAttention in the attention's written-out slot: the same math, a few sequences'
+(nh, T, T) scores at a time, so that the softmax, the dropout and their backward work in the
+CPU's cache rather than on the whole (B, nh, T, T) matrix in memory. The swap happens after the
+model is built, so the initialisation's random draws are untouched; nn.Dropout holds no weights,
+so the state_dict keys stay the same.
 
 A compiled model keeps nn.Dropout: inductor makes its masks inside its fused kernels.
 """
@@ -35,15 +37,28 @@ class MaskSource:
     def seed(self, seed):
         self.bitgen = np.random.SFC64(seed)
 
-    def drop(self, shape, p):
-        """(a bool mask of `shape`, True where an element is dropped; the scale of the kept ones)."""
+    def threshold(self, p):
+        """(t, scale) for dropout probability p: an element is kept where its word (words()) is at
+        least t, and the kept ones are scaled by `scale`. p is rounded to a multiple of 1/65536."""
+        cut = min(round(p * 65536), 65535)
+        return cut - 32768, 65536 / (65536 - cut)  # int16 words are uniform on [-32768, 32767]
+
+    def words(self, shape):
+        """Uniform random int16 numbers, a tensor of `shape`: four from each 64 random bits."""
         if self.bitgen is None:  # unseeded: seeded from torch's RNG, so torch.manual_seed repeats runs
             self.seed(int(torch.randint(2 ** 62, ())))
-        cut = min(round(p * 65536), 65535)
         n = math.prod(shape)
-        words = self.bitgen.random_raw((n + 3) // 4).view(np.int16)[:n]
-        drop = torch.from_numpy(words).view(shape) < cut - 32768  # int16 is uniform on [-32768, 32767]
-        return drop, 65536 / (65536 - cut)
+        return torch.from_numpy(self.bitgen.random_raw((n + 3) // 4).view(np.int16)[:n]).view(shape)
+
+    def keep(self, shape, p, dtype):
+        """(a tensor of `shape` in dtype, 1 where an element is kept and 0 where it is dropped;
+        the scale of the kept ones). Multiplying by it is far cheaper than masked_fill."""
+        threshold, scale = self.threshold(p)
+        return self.fill_keep(torch.empty(shape, dtype=dtype), threshold), scale
+
+    def fill_keep(self, out, threshold):
+        """Write the next keep mask into `out` (1 where kept, 0 where dropped) and return it."""
+        return torch.ge(self.words(out.shape), threshold, out=out)
 
     def state(self):
         """Plain integers (a checkpoint loads them with weights_only=True); None if unseeded."""
@@ -73,8 +88,81 @@ class MaskedDropout(nn.Dropout):
     def forward(self, x):
         if not (self.training and self.p > 0) or torch.compiler.is_compiling():
             return super().forward(x)
-        drop, scale = self.masks.drop(x.shape, self.p)
-        return x.masked_fill(drop, 0.0).mul_(scale)
+        keep, scale = self.masks.keep(x.shape, self.p, x.dtype)
+        return x * keep.mul_(scale)
+
+
+def _chunk_rows(rows, T, itemsize, cache_bytes=2 ** 20):
+    """How many of the `rows` (T, T) score matrices one chunk holds: about cache_bytes in all, what
+    a core's L2 cache keeps while the chunk's elementwise passes run over it."""
+    return max(1, min(rows, cache_bytes // (T * T * itemsize)))
+
+
+def _causal_bias(T, like):
+    """(T, T): 0 on and below the diagonal, -inf above it: the causal mask as an added bias."""
+    return torch.full((T, T), float('-inf'), dtype=like.dtype, device=like.device).triu(1)
+
+
+class _ChunkedAttentionFn(torch.autograd.Function):
+    """Causal attention with dropout, softmax(q k^T / sqrt(hs) + bias) * keep @ v * scale, worked
+    through a few sequence-heads at a time. Written out on the whole batch, each elementwise pass
+    (bias, softmax, dropout, and their backward) streams a (B, nh, T, T) matrix through memory;
+    here a chunk's scores stay in cache from their matmul to the next, and the backward pass
+    recomputes them from q and k (as flash attention does) instead of keeping the softmax output.
+    What it keeps for backward: q, k, v and the keep mask (1/0 in the activations' dtype)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, masks, p):
+        B, nh, T, hs = q.shape
+        q, k, v = (t.reshape(B * nh, T, hs) for t in (q, k, v))  # (B*nh, T, hs), contiguous
+        bias = _causal_bias(T, q)
+        y = torch.empty_like(q)
+        keep = torch.empty(B * nh, T, T, dtype=q.dtype, device=q.device) if p > 0 else None
+        threshold, ctx.scale = masks.threshold(p) if p > 0 else (None, 1.0)
+        rows = _chunk_rows(B * nh, T, q.element_size())
+        for s in (slice(i, i + rows) for i in range(0, B * nh, rows)):
+            att = torch.baddbmm(bias, q[s], k[s].mT, alpha=1.0 / math.sqrt(hs)).softmax(dim=-1)  # (rows, T, T)
+            if keep is not None:
+                att.mul_(masks.fill_keep(keep[s], threshold))
+            torch.bmm(att, v[s], out=y[s])
+        ctx.save_for_backward(q, k, v, keep)
+        return y.mul_(ctx.scale).view(B, nh, T, hs)
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, k, v, keep = ctx.saved_tensors
+        BH, T, hs = q.shape
+        shape = dy.shape  # (B, nh, T, hs)
+        dy = dy.reshape(BH, T, hs) * ctx.scale  # the scale of the kept elements, applied once
+        bias = _causal_bias(T, q)
+        dq, dk, dv = (torch.empty_like(q) for _ in range(3))
+        rows = _chunk_rows(BH, T, q.element_size())
+        for s in (slice(i, i + rows) for i in range(0, BH, rows)):
+            att = torch.baddbmm(bias, q[s], k[s].mT, alpha=1.0 / math.sqrt(hs)).softmax(dim=-1)
+            datt = torch.bmm(dy[s], v[s].mT)  # (rows, T, T)
+            if keep is not None:
+                torch.bmm((att * keep[s]).mT, dy[s], out=dv[s])
+                datt.mul_(keep[s])
+            else:
+                torch.bmm(att.mT, dy[s], out=dv[s])
+            scores = torch._softmax_backward_data(datt, att, -1, att.dtype)  # d(q k^T / sqrt(hs) + bias)
+            torch.bmm(scores, k[s], out=dq[s])
+            torch.bmm(scores.mT, q[s], out=dk[s])
+        return (dq.mul_(1.0 / math.sqrt(hs)).view(shape), dk.mul_(1.0 / math.sqrt(hs)).view(shape),
+                dv.view(shape), None, None)
+
+
+class ChunkedAttention:
+    """What use_dropout_masks puts in each attention's written_out_attention slot: model.py's
+    written-out attention with its dropout, computed by _ChunkedAttentionFn with masks from a
+    MaskSource. Not a module: it holds no weights and adds nothing to the state_dict."""
+
+    def __init__(self, masks, p):
+        self.masks, self.p = masks, p
+
+    def __call__(self, q, k, v):
+        with torch.autocast(q.device.type, enabled=False):  # q, k, v come in the dtype to work in
+            return _ChunkedAttentionFn.apply(q, k, v, self.masks, self.p)
 
 
 def _dropout_slots(model):
@@ -95,6 +183,11 @@ def use_dropout_masks(model, masks):
             setattr(parent, name, MaskedDropout(d.p, masks))
         elif not on and isinstance(d, MaskedDropout):  # modules stay as they are where nothing changes
             setattr(parent, name, nn.Dropout(d.p))
+    for block in model.transformer.h:
+        if on:
+            block.attn.written_out_attention = ChunkedAttention(masks, block.attn.attn_dropout.p)
+        else:
+            block.attn.__dict__.pop('written_out_attention', None)  # model.py's own again
     use_written_out_attention(model, on)
     return on
 

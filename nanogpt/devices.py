@@ -440,30 +440,38 @@ def matmul_peak_plan(device):
     return 1024, 1
 
 
+class MatmulProbe:
+    """n x n matmuls in dtype on a device (matmul_peak_plan), ready to time: rate() runs one batch
+    and returns its FLOP/s. Uses its own generator: the global RNG, and so training, is untouched.
+    bench.py times one between its iterations, so that the peak and the step share the machine's
+    phase."""
+
+    def __init__(self, device, dtype):
+        self.device = device
+        self.n, self.launches = matmul_peak_plan(device)
+        g = torch.Generator(device=device).manual_seed(0)
+        self.a, self.b = (torch.randn(self.n, self.n, device=device, dtype=PTDTYPES[dtype], generator=g)
+                          for _ in range(2))
+        self.out = torch.empty(self.n, self.n, device=device, dtype=PTDTYPES[dtype])
+        self.rate()  # warm-up: thread pools, kernel selection, clocks
+
+    def rate(self):
+        t0 = time.perf_counter()
+        for _ in range(self.launches):
+            torch.matmul(self.a, self.b, out=self.out)
+        sync(self.device)
+        return self.launches * 2 * self.n ** 3 / max(time.perf_counter() - t0, 1e-9)
+
+
 def measure_matmul_peak(device, dtype, seconds=0.3):
-    """Best FLOP/s of n x n matmuls in dtype on this device (matmul_peak_plan) over ~`seconds`,
-    measured once per run (cached). Uses its own generator: the global RNG, and so training, is
-    untouched."""
+    """Best FLOP/s of MatmulProbe's matmuls over ~`seconds`, measured once per run (cached)."""
     key = (device, dtype)
     if key not in _measured_peak:
-        n, launches = matmul_peak_plan(device)
-        g = torch.Generator(device=device).manual_seed(0)
-        a = torch.randn(n, n, device=device, dtype=PTDTYPES[dtype], generator=g)
-        b = torch.randn(n, n, device=device, dtype=PTDTYPES[dtype], generator=g)
-        out = torch.empty(n, n, device=device, dtype=PTDTYPES[dtype])
-
-        def batch():
-            for _ in range(launches):
-                torch.matmul(a, b, out=out)
-            sync(device)
-        batch()  # warm-up: thread pools, kernel selection, clocks
+        probe = MatmulProbe(device, dtype)
         best, t_end = 0.0, time.perf_counter() + seconds
         while True:
-            t0 = time.perf_counter()
-            batch()
-            t1 = time.perf_counter()
-            best = max(best, launches * 2 * n ** 3 / max(t1 - t0, 1e-9))
-            if t1 >= t_end:
+            best = max(best, probe.rate())
+            if time.perf_counter() >= t_end:
                 break
         _measured_peak[key] = best
     return _measured_peak[key]

@@ -18,7 +18,9 @@ C = n_embd, V = vocab_size, nh = n_head, T = block_size, a = 2 under bfloat16/fl
   8C (the LayerNorms' float32 inputs, from the residual stream) + 14aC (the Linears' inputs, q, k,
   v, the attention output, the GELU's input) + 16 (LayerNorm statistics) + 4nh (the fused
   attention's log-sum-exp); the attention written out (nanogpt/cpu.py, and torch's own on MPS)
-  keeps its (nh, T, T) softmax output instead; dropout adds 1-byte masks (and the dropped attention matrix); autocast
+  keeps its (nh, T, T) softmax output instead; dropout adds 1-byte masks (and the dropped attention
+  matrix), except in eager CPU training (cpu_masks), whose masks are a-byte keep tensors and whose
+  chunked attention keeps its keep mask alone, a bytes per (nh, T, T) element; autocast
   keeps 2-byte copies of the Linear weights. The output layer keeps the logits (aV per token, held
   by the training loop) and the float32 log-softmax (4V), and its backward pass adds two more
   float32 (N, V) tensors for a moment: at GPT-2's vocabulary that is more than all twelve blocks
@@ -120,24 +122,28 @@ def optimizer_bytes(shape, optimizer):
     return 8 * shape.params + 4 * shape.tensors
 
 
-def activation_bytes(shape, batch_size, dtype='float32', written_out_attention=False, dropout=0.0):
+def activation_bytes(shape, batch_size, dtype='float32', written_out_attention=False, dropout=0.0, cpu_masks=False):
     """Bytes for one micro-batch of batch_size sequences of block_size tokens: what autograd keeps
     for the backward pass, the logits, and the peak of the backward pass on top (see the module
-    docstring for the parts)."""
+    docstring for the parts). cpu_masks: eager CPU training with dropout (nanogpt/cpu.py's keep
+    masks and chunked attention)."""
     C, L, V, nh, T = shape.n_embd, shape.n_layer, shape.vocab_size, shape.n_head, shape.block_size
     a = 4 if dtype == 'float32' else 2
     # per block and token: the LayerNorms' float32 inputs and statistics; the inputs of the four
     # Linears, q, k and v, the attention output and the GELU's input: 14 values of width C
     per_token_layer = 2 * 4 * C + 16 + 14 * a * C
-    if written_out_attention:
+    cpu_masks = cpu_masks and dropout > 0
+    if cpu_masks:
+        per_token_layer += nh * T * a  # the chunked attention's keep mask, (nh, T, T) per sequence
+    elif written_out_attention:
         per_token_layer += nh * T * a  # the softmax output, (nh, T, T) per sequence
         if dropout > 0:
             per_token_layer += nh * T * (1 + a)  # its dropout mask and the dropped copy
     else:
         per_token_layer += 4 * nh  # the fused kernel's float32 log-sum-exp
-    if dropout > 0:
-        per_token_layer += 2 * C  # the 1-byte masks of the two residual dropouts
-    per_token = L * per_token_layer + (C if dropout > 0 else 0)  # + the embedding's dropout mask
+    if dropout > 0:  # the masks of the two residual dropouts, and of the embedding's (float32 input)
+        per_token_layer += 2 * C * (a if cpu_masks else 1)
+    per_token = L * per_token_layer + (C * (4 if cpu_masks else 1) if dropout > 0 else 0)
     # the final LayerNorm's float32 input and statistics, the output layer's input, the logits
     # (held by the training loop) and the float32 log-softmax; the int64 inputs and targets of
     # this micro-batch and the next
@@ -161,12 +167,13 @@ def eval_activation_bytes(shape, batch_size, dtype='float32'):
 
 
 def estimate(shape, batch_size, dtype='float32', optimizer='adamw', written_out_attention=False, dropout=0.0,
-             shards=1):
+             shards=1, cpu_masks=False):
     """The Estimate of one process's training run. shards: processes that split the weights,
     gradients and optimizer state (FSDP), 1 otherwise."""
     return Estimate(weights=4 * shape.params // shards, gradients=4 * shape.params // shards,
                     optimizer=optimizer_bytes(shape, optimizer) // shards,
-                    activations=activation_bytes(shape, batch_size, dtype, written_out_attention, dropout))
+                    activations=activation_bytes(shape, batch_size, dtype, written_out_attention, dropout,
+                                                cpu_masks))
 
 
 # ---- the shape a run will build, and what it will execute -------------------------------------
@@ -336,7 +343,8 @@ def check_fits(c, run, ckpt, vocab_size):
     measured = run.device_type == 'cpu' and 'auto' in (c.dtype, c.compile) and not run.fsdp
 
     def need_for(step, batch_size):
-        e = estimate(shape, batch_size, step[0], run.optimizer, step[1], c.dropout, shards)
+        cpu_masks = run.device_type == 'cpu' and step[1]  # eager CPU training: nanogpt/cpu.py's paths
+        e = estimate(shape, batch_size, step[0], run.optimizer, step[1], c.dropout, shards, cpu_masks)
         if not c.eval_only:
             return e
         optimizer = e.optimizer if c.init_from == 'resume' else 0  # loaded with the checkpoint

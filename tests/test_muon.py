@@ -36,7 +36,7 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     assert muon.isdisjoint(adamw) and muon | adamw == set(names.values())
     decay = {names[id(p)] for p in opt.adamw.param_groups[0]['params']}
     assert decay == {'transformer.wte.weight', 'transformer.wpe.weight'}  # 1-D gains and biases do not decay
-    assert isinstance(opt.muon, torch.optim.Muon)
+    assert isinstance(opt.muon, torch.optim.Muon)  # StackedMuon is one
 
 
 @needs_muon
@@ -90,10 +90,10 @@ def test_auto_takes_muon_and_float32_orthogonalisation_where_bfloat16_is_emulate
     from nanogpt import devices
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: True)
     assert optim.resolve_optimizer('auto', 'cpu') == 'muon'
-    assert type(optim.build_optimizer(tiny_model(vocab_size=30, training=True), settings(), 'muon', 'cpu').muon) is torch.optim.Muon
+    assert optim.build_optimizer(tiny_model(vocab_size=30, training=True), settings(), 'muon', 'cpu').muon.ns_dtype == torch.bfloat16
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: False)
     assert optim.resolve_optimizer('auto', 'cpu') == 'muon'  # measured ahead of AdamW at equal time
-    assert type(optim.build_optimizer(tiny_model(vocab_size=30, training=True), settings(), 'muon', 'cpu').muon) is optim.Float32Muon
+    assert optim.build_optimizer(tiny_model(vocab_size=30, training=True), settings(), 'muon', 'cpu').muon.ns_dtype == torch.float32
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (7, 5))
     assert optim.resolve_optimizer('auto', 'cuda', 'cuda') == 'muon'
     monkeypatch.setattr(torch.cuda, 'get_device_capability', lambda device=None: (9, 0))
@@ -110,31 +110,37 @@ def test_auto_optimizer_is_stored_resolved(char_dataset, tmp_path):
 
 
 @needs_muon
-def test_float32_muon_takes_torch_muons_step_and_state():
-    """Float32Muon (where bfloat16 is emulated) makes torch.optim.Muon's update, in float32: from the
-    same weights and gradients the two land within bfloat16's rounding of the update, and the float32
-    orthogonalisation matches a float64 run of the same iteration."""
+@pytest.mark.parametrize('ns_dtype', [torch.bfloat16, torch.float32])
+def test_stacked_muon_takes_torch_muons_step_and_state(ns_dtype):
+    """StackedMuon orthogonalises the matrices of one shape as one stack: from the same weights and
+    gradients (two shapes, three matrices, tall and wide) it lands where torch.optim.Muon does,
+    within bfloat16's rounding of the update, and keeps the same state; in float32 its
+    orthogonalisation matches a float64 run of the same iteration, matrix by matrix."""
     torch.manual_seed(0)
-    w = torch.randn(48, 16)
-    grads = [torch.randn(48, 16) for _ in range(3)]
+    ws = [torch.randn(48, 16), torch.randn(48, 16), torch.randn(16, 40)]
+    steps = [[torch.randn_like(w) for w in ws] for _ in range(3)]
     kw = dict(lr=0.05, momentum=0.95, weight_decay=0.1)
     results = {}
-    for cls in (torch.optim.Muon, optim.Float32Muon):
-        p = torch.nn.Parameter(w.clone())
-        opt = cls([p], **kw)
-        for g in grads:
-            p.grad = g.clone()
+    for cls, extra in ((torch.optim.Muon, {}), (optim.StackedMuon, dict(ns_dtype=ns_dtype))):
+        ps = [torch.nn.Parameter(w.clone()) for w in ws]
+        opt = cls(ps, **kw, **extra)
+        for grads in steps:
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
             opt.step()
-        results[cls] = (p.detach().clone(), opt.state_dict())
-    (ref, ref_sd), (ours, ours_sd) = results[torch.optim.Muon], results[optim.Float32Muon]
-    moved = (ref - w).abs().max().item()
-    assert (ours - ref).abs().max().item() <= 0.03 * moved  # bf16 rounding of the reference, no more
-    assert ours_sd['state'][0].keys() == ref_sd['state'][0].keys()
-    torch.testing.assert_close(ours_sd['state'][0]['momentum_buffer'], ref_sd['state'][0]['momentum_buffer'])
-    g = torch.randn(16, 40, dtype=torch.float64)
-    coeff, steps, eps = (3.4445, -4.7750, 2.0315), 5, 1e-7
-    torch.testing.assert_close(optim.orthogonalize(g.float(), coeff, steps, eps).double(),
-                               optim.orthogonalize(g, coeff, steps, eps).double(), rtol=1e-4, atol=1e-5)
+        results[cls] = ([p.detach().clone() for p in ps], opt.state_dict())
+    (ref, ref_sd), (ours, ours_sd) = results[torch.optim.Muon], results[optim.StackedMuon]
+    for w, r, o in zip(ws, ref, ours):
+        moved = (r - w).abs().max().item()
+        assert (o - r).abs().max().item() <= 0.03 * moved  # bf16 rounding of the reference, no more
+    for i in range(len(ws)):
+        assert ours_sd['state'][i].keys() == ref_sd['state'][i].keys()
+        torch.testing.assert_close(ours_sd['state'][i]['momentum_buffer'], ref_sd['state'][i]['momentum_buffer'])
+    g = torch.randn(3, 16, 40, dtype=torch.float64)
+    coeff, n, eps = (3.4445, -4.7750, 2.0315), 5, 1e-7
+    stacked = optim.orthogonalize(g.float(), coeff, n, eps).double()
+    for i in range(3):
+        torch.testing.assert_close(stacked[i], optim.orthogonalize(g[i:i + 1], coeff, n, eps)[0], rtol=1e-4, atol=1e-5)
 
 
 @needs_muon
@@ -142,6 +148,6 @@ def test_muon_orthogonalises_in_float32_where_bfloat16_is_emulated(monkeypatch, 
     from nanogpt import devices
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: False)
     opt = optim.build_optimizer(tiny_model(vocab_size=30, training=True), settings(), 'muon', 'cpu')
-    assert type(opt.muon) is optim.Float32Muon and 'float32 orthogonalisation' in capsys.readouterr().out
+    assert opt.muon.ns_dtype == torch.float32 and 'float32 orthogonalisation' in capsys.readouterr().out
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: True)
-    assert type(optim.build_optimizer(tiny_model(vocab_size=30, training=True), settings(), 'muon', 'cpu').muon) is torch.optim.Muon
+    assert optim.build_optimizer(tiny_model(vocab_size=30, training=True), settings(), 'muon', 'cpu').muon.ns_dtype == torch.bfloat16
