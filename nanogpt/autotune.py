@@ -188,6 +188,20 @@ def measure_eager(trial, keys):
     return {k: sorted(t)[len(t) // 2] for k, t in times.items()}
 
 
+STALE_RATIO = 2.0  # a cached winner that runs this many times faster now was measured on a busy machine
+
+
+def stale_cache(trial, eager):
+    """(whether the cached times `eager` were measured on a busy machine, the winner's time now):
+    the cached fastest candidate, timed now (the slower of two steps after a warm-up one), runs
+    STALE_RATIO times faster than the cache says. A slower machine now proves nothing: the cache
+    stays. Without this check one busy minute would decide every later run on this machine."""
+    best = min(eager, key=eager.get)
+    trial.step(trial.model, best)
+    now = max(trial.step(trial.model, best) for _ in range(2))
+    return now * STALE_RATIO < eager[best], now
+
+
 def compile_guess(cache, n_layer, device='cpu'):
     """Seconds compiling is expected to take: the slowest measured on this machine (this CPU,
     or this GPU model) per layer, scaled to n_layer; the device type's COMPILE_GUESS_S per 6
@@ -239,6 +253,14 @@ def _measure_and_choose(model, batch_size, dtype, compile, run_steps, budget_s, 
     eager = {k: entry['eager'][k] for k in keys if k in entry.get('eager', {})}
     compiled_model = None
     with Trial(model, batch_size) as trial:
+        if eager and len(eager) == len(keys):
+            stale, now = stale_cache(trial, eager)
+            if stale:
+                best = min(eager, key=eager.get)
+                log(f"auto dtype/compile: the cached times were measured on a busier machine ({describe_candidate(best)} "
+                    f"{now * 1000:.0f} ms now, {eager[best] * 1000:.0f} ms cached): measuring again")
+                eager = {}
+                entry = {k: v for k, v in entry.items() if k not in ('eager', 'compiled', 'compile_s')}
         if len(eager) < len(keys) and (len(keys) > 1 or compile == 'auto'):
             eager = measure_eager(trial, keys)
             entry = dict(entry, eager=dict(entry.get('eager', {}), **eager), n_layer=model.config.n_layer,

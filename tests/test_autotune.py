@@ -64,6 +64,29 @@ def test_measures_once_then_uses_the_cache_and_leaves_everything_as_it_was(cache
     assert 'measured)' in lines[0]
 
 
+def test_a_cache_measured_on_a_busy_machine_is_measured_again(cache_dir, monkeypatch):
+    """A cache entry whose winner now runs far faster than recorded (taken while something else
+    held the cores) is measured again, with a line saying so, and replaced; one whose times
+    hold is kept."""
+    monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: True)
+    model = tiny()
+    autotune.measure_and_choose(model, 4, 'auto', False, run_steps=100, log=lambda s: None)
+    path = cache_dir / 'autotune.json'
+    cache = json.loads(path.read_text())
+    (key, entry), = cache.items()
+    busy = {k: 1000 * t for k, t in entry['eager'].items()}  # as if measured while the cores were taken
+    path.write_text(json.dumps({key: dict(entry, eager=busy, compile_s=99.0, compiled={'float32': 5.0})}))
+    lines = []
+    autotune.measure_and_choose(model, 4, 'auto', False, run_steps=100, log=lines.append)
+    assert 'measured on a busier machine' in lines[0] and 'measuring again' in lines[0]
+    assert 'measured)' in lines[1]
+    (_, again), = json.loads(path.read_text()).items()
+    assert all(again['eager'][k] < busy[k] / 10 for k in busy) and 'compile_s' not in again and 'compiled' not in again
+    lines.clear()
+    autotune.measure_and_choose(model, 4, 'auto', False, run_steps=100, log=lines.append)
+    assert 'cached in' in lines[0]
+
+
 def test_without_bf16_units_only_float32_is_a_candidate(cache_dir, monkeypatch):
     monkeypatch.setattr(devices, 'cpu_has_bf16_units', lambda: False)
     lines = []
