@@ -18,25 +18,31 @@ import time
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# operator name -> group: the first pattern contained in the name wins
+# operator -> group, by torch.profiler's operator names
 GROUPS = [
-    ('matmul (linear layers)', ('aten::mm', 'aten::addmm')),
-    ('attention matmuls', ('aten::bmm', 'aten::baddbmm', 'flash_attention')),
-    ('softmax', ('softmax',)),
-    ('dropout masks and products', ('aten::ge', 'aten::lt', 'aten::mul', 'masked_fill', 'aten::where')),
-    ('casts and copies', ('aten::copy_', 'aten::_to_copy', 'aten::cat', 'aten::clone')),
-    ('GELU', ('gelu',)),
-    ('layer norm', ('layer_norm',)),
-    ('residual adds', ('aten::add',)),
-    ('optimizer', ('adamw', 'lerp', 'foreach', 'linalg_vector_norm', 'aten::div')),
+    ('matmuls of the linear layers', {'aten::mm', 'aten::addmm'}),
+    ("batched matmuls (attention; Muon's orthogonalisation)", {'aten::bmm', 'aten::baddbmm',
+                                                               'aten::_scaled_dot_product_flash_attention_for_cpu',
+                                                               'aten::_scaled_dot_product_flash_attention_for_cpu_backward'}),
+    ('softmax', {'aten::_softmax', 'aten::_softmax_backward_data'}),
+    ('dropout masks and products', {'aten::ge', 'aten::lt', 'aten::mul', 'aten::mul_', 'aten::masked_fill',
+                                    'aten::masked_fill_', 'aten::where', 'aten::bernoulli_'}),
+    ('casts and copies', {'aten::copy_', 'aten::_to_copy', 'aten::cat', 'aten::clone'}),
+    ('GELU', {'aten::gelu', 'aten::gelu_backward'}),
+    ('layer norm', {'aten::native_layer_norm', 'aten::native_layer_norm_backward'}),
+    ('residual adds and gradient sums', {'aten::add', 'aten::add_'}),
+    ('optimizer', {'aten::_fused_adamw_', 'aten::lerp', 'aten::lerp_', 'aten::linalg_vector_norm', 'aten::div',
+                   'aten::div_', 'aten::_foreach_lerp_', 'aten::_foreach_lerp', 'aten::_foreach_mul_',
+                   'aten::_foreach_add_', 'aten::_foreach_norm', 'aten::stack'}),
 ]
+REST = 'the rest (Python, autograd, small operators)'
 
 
 def group_of(name):
-    for group, patterns in GROUPS:
-        if any(p.lower() in name.lower() for p in patterns):
+    for group, names in GROUPS:
+        if name in names:
             return group
-    return 'the rest (Python, autograd, small ops)'
+    return REST
 
 
 def main(argv=None):
@@ -65,11 +71,10 @@ def main(argv=None):
     events = prof.key_averages()
     totals = {}
     for e in events:
-        if e.key.startswith(('aten::', 'Optimizer')) or 'attention' in e.key.lower():
-            g = group_of(e.key)
+        g = group_of(e.key)
+        if g != REST:
             totals[g] = totals.get(g, 0.0) + e.self_cpu_time_total / 1e6 / args.steps
-    counted = sum(totals.values())
-    totals['the rest (Python, autograd, small ops)'] = totals.get('the rest (Python, autograd, small ops)', 0.0) + max(0.0, wall - counted)
+    totals[REST] = max(0.0, wall - sum(totals.values()))
     with torch.device('meta'):
         flops = bench.build_model(c, 'meta').estimate_mfu(c.batch_size * c.gradient_accumulation_steps, 1.0, 1.0)
     print(f"\n{step.name}: {wall * 1000:.0f} ms per step under the profiler, {flops / wall / 1e9:,.0f} GFLOP/s "
