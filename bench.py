@@ -161,11 +161,14 @@ class PeakProbes:
         for d, probe in self.probes.items():
             self.rates[d].extend(probe.rate() for _ in range(self.batches))
 
+    def median(self, dtype):
+        rates = sorted(self.rates[dtype])
+        return rates[len(rates) // 2]
+
     def peak(self):
         """(FLOP/s, dtype): the faster dtype's median over the run."""
-        medians = {d: sorted(r)[len(r) // 2] for d, r in self.rates.items() if r}
-        d = max(medians, key=medians.get)
-        return medians[d], d
+        d = max(self.rates, key=self.median)
+        return self.median(d), d
 
 
 def bench_train(c, dev, setups, probes=None):
@@ -333,7 +336,7 @@ def main(argv=None):
               f"mfu {r['mfu'] * 100:5.2f}% of {r['peak'] / 1e12:.3g} TFLOP/s ({r['peak_src']}), "
               f"warm-up {r['warmup_s']:.1f}s{tag}")
     print(f"share of the machine's matmul peak ({peak_dtype} 1024x1024 matmul measured between the iterations, "
-          f"median {peak / 1e9:,.0f} GFLOP/s; float32 {sorted(probes.rates['float32'])[len(probes.rates['float32']) // 2] / 1e9:,.0f}):")
+          f"median {peak / 1e9:,.0f} GFLOP/s; float32 {probes.median('float32') / 1e9:,.0f}):")
     for r in results:
         r['share'] = flops / r['dt'] / peak
         print(f"  {r['name']:<40} {flops / r['dt'] / 1e9:7,.0f} GFLOP/s, {r['share'] * 100:5.1f}% of the peak")

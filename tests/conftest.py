@@ -171,6 +171,18 @@ def write_checkpoint(out_dir, model, dataset=None):
                      'best_val_loss': 1e9, 'config': {'dataset': dataset}}, os.path.join(out_dir, 'ckpt.pt'))
 
 
+@pytest.fixture(scope='module')
+def char_checkpoint(tmp_path_factory):
+    """A tiny char model checkpoint (random weights, the toy dataset's vocabulary): (out_dir, dataset_dir)."""
+    root = tmp_path_factory.mktemp('char-checkpoint')
+    dataset = make_char_dataset(root / 'toy')
+    with open(os.path.join(dataset, 'meta.pkl'), 'rb') as f:
+        vocab = pickle.load(f)['vocab_size']
+    out = str(root / 'out')
+    write_checkpoint(out, tiny_model(vocab_size=vocab, block_size=32, bias=False), dataset)
+    return out, dataset
+
+
 # ---- what a checkpoint file holds ---------------------------------------------------------------
 
 ORIGINAL_GPTCONFIG_FIELDS = {'block_size', 'vocab_size', 'n_layer', 'n_head', 'n_embd', 'dropout', 'bias'}

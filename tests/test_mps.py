@@ -4,8 +4,6 @@ NotImplementedError as a torch build lacking it on MPS does), never torch's arit
 cache without index_copy_ or index_put_, the five-minute recipe on a Mac, the memory check against
 torch's MPS limit, the loss read at log_interval on MPS, and the divergence line on MPS."""
 
-import os
-import pickle
 import sys
 from types import SimpleNamespace
 
@@ -13,11 +11,10 @@ import pytest
 import torch
 
 import train
-from conftest import make_char_dataset, run_script
+from conftest import run_script
 from configurator import apply_overrides
 from model import GPT, GPTConfig
 from nanogpt import control, devices, engine, errors, memory
-from nanogpt.checkpoint import save_checkpoint
 from nanogpt.errors import UserError
 from nanogpt.settings import Run
 
@@ -90,27 +87,9 @@ def test_a_device_lacking_index_put_and_index_copy_falls_back_once_with_one_line
     assert err[0].endswith('the same tokens')
 
 
-@pytest.fixture(scope='module')
-def checkpoint_dir(tmp_path_factory):
-    """A tiny char model's out_dir (random weights, the toy dataset's vocabulary)."""
-    root = tmp_path_factory.mktemp('mps')
-    dataset = make_char_dataset(root / 'toy')
-    with open(os.path.join(dataset, 'meta.pkl'), 'rb') as f:
-        vocab = pickle.load(f)['vocab_size']
-    m = tiny_model(vocab=vocab, block_size=32)
-    cfg = m.config
-    out = str(root / 'out')
-    os.makedirs(out)
-    model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                      bias=cfg.bias, vocab_size=cfg.vocab_size, dropout=cfg.dropout)
-    save_checkpoint({'model': m.state_dict(), 'optimizer': {}, 'model_args': model_args, 'iter_num': 0,
-                     'best_val_loss': 1e9, 'config': {'dataset': dataset}}, os.path.join(out, 'ckpt.pt'))
-    return out
-
-
-def test_sample_py_without_index_copy_prints_the_same_text(checkpoint_dir):
+def test_sample_py_without_index_copy_prints_the_same_text(char_checkpoint):
     """The issue's target: sample.py itself, in a Python whose torch lacks index_copy_."""
-    args = [f'--out_dir={checkpoint_dir}', '--device=cpu', '--dtype=float32', '--top_k=1', '--start=ROMEO:',
+    args = [f'--out_dir={char_checkpoint[0]}', '--device=cpu', '--dtype=float32', '--top_k=1', '--start=ROMEO:',
             '--num_samples=2', '--max_new_tokens=40']
     plain = run_script('sample.py', *args, env=ONE_THREAD)
     code = ("import runpy, sys, torch\n"

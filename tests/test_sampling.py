@@ -21,18 +21,6 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 # ---- sample.py in-process: stop, stream, batched ------------------------------------------------
 
-@pytest.fixture(scope='module')
-def char_checkpoint(tmp_path_factory):
-    """A tiny char model checkpoint (random weights, the toy dataset's vocabulary): (out_dir, dataset_dir)."""
-    root = tmp_path_factory.mktemp('sampling')
-    dataset = make_char_dataset(root / 'toy')
-    with open(os.path.join(dataset, 'meta.pkl'), 'rb') as f:
-        vocab = pickle.load(f)['vocab_size']
-    out = str(root / 'out')
-    write_checkpoint(out, tiny_model(vocab_size=vocab, block_size=32, bias=False), dataset)
-    return out, dataset
-
-
 def run_sample(capsys, out_dir, *args):
     import sample
     capsys.readouterr()
